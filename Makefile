@@ -1,0 +1,88 @@
+# Disaggregated LLM serving: build, run, test, benchmark.
+# `make help` lists the targets.
+
+SHELL       := bash
+GO          ?= go
+PYTHON      ?= python3
+VENV        ?= .venv
+BIN         ?= bin
+HOST        ?= 127.0.0.1
+PORT        ?= 8000
+FUZZTIME    ?= 10s
+GOFLAGS_RACE ?= -race
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+.PHONY: build
+build: ## build bin/worker (CPU backend; cgo for dlopen of native libraries)
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/worker ./cmd/worker
+
+.PHONY: run
+run: build ## serve the embedded tiny model on $(HOST):$(PORT), show a request answered, keep serving until Ctrl-C
+	@scripts/run-local.sh $(BIN)/worker $(HOST) $(PORT)
+
+.PHONY: setup
+setup: venv native ## install everything the tests need (apt packages, project virtualenv)
+
+.PHONY: venv
+venv: $(VENV)/.done ## project-local Python virtualenv with the test clients (openai, pytest)
+$(VENV)/.done: scripts/requirements.txt
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r scripts/requirements.txt
+	@touch $@
+
+.PHONY: native
+native: ## native libraries for the transceiver tests (UCX from Debian, NIXL wheel into the venv)
+	@if [ -x scripts/setup-native.sh ]; then scripts/setup-native.sh; fi
+
+.PHONY: test
+test: setup ## run every test (race detector on), the Python SDK tests, and each fuzz target briefly
+	$(GO) vet ./...
+	$(GO) test $(GOFLAGS_RACE) -count=1 -timeout 30m ./...
+	$(MAKE) --no-print-directory fuzz
+
+.PHONY: test-short
+test-short: ## unit tests only, no setup
+	$(GO) test -count=1 ./...
+
+.PHONY: fuzz
+fuzz: ## run every fuzz target for $(FUZZTIME)
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
+	  for f in $$(grep -hoE '^func (Fuzz[A-Za-z0-9_]+)' $$dir/*_test.go 2>/dev/null | awk '{print $$2}'); do \
+	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+	    $(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) $$pkg > /tmp/fuzz-$$f.log 2>&1 || { cat /tmp/fuzz-$$f.log; exit 1; }; \
+	  done; \
+	done
+
+.PHONY: fixtures
+fixtures: ## regenerate testdata/ with Hugging Face transformers (needs ~4 GB of PyPI downloads)
+	@test -x .venv-fixtures/bin/python || $(PYTHON) -m venv .venv-fixtures
+	.venv-fixtures/bin/pip install -q -r scripts/requirements-fixtures.txt
+	.venv-fixtures/bin/python scripts/make_fixtures.py
+
+.PHONY: bench-model
+bench-model: ## CPU backend micro-benchmarks (tiny model)
+	$(GO) test -run='^$$' -bench=. -benchtime=2s ./worker/compute/cpu/
+
+.PHONY: fmt
+fmt: ## gofmt every Go file
+	gofmt -w $$(git ls-files '*.go')
+
+.PHONY: lint
+lint: ## gofmt check and go vet
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+
+.PHONY: probe
+probe: build ## print this machine's capabilities as JSON
+	$(BIN)/worker probe
+
+.PHONY: clean
+clean: ## remove build outputs
+	rm -rf $(BIN)

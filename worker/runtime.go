@@ -1,0 +1,200 @@
+// Package worker assembles the engine from its parts: the model folder,
+// the tokenizer and chat template, the compute backend, the paged KV pool,
+// the scheduler and the OpenAI server. Serve runs it until its context ends.
+package worker
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/term"
+
+	"disagg"
+	"disagg/worker/chat"
+	"disagg/worker/compute/cpu"
+	"disagg/worker/config"
+	"disagg/worker/engine"
+	"disagg/worker/kvcache"
+	"disagg/worker/model"
+	"disagg/worker/tokenizer"
+)
+
+// Runtime is a loaded model ready to serve: everything the HTTP server needs.
+type Runtime struct {
+	Config    config.Config
+	ModelName string
+	Model     *model.Model
+	Tokenizer *tokenizer.Tokenizer
+	Chat      *chat.Config
+	Pool      *kvcache.Pool
+	Backend   *cpu.Backend
+	Engine    *engine.Engine
+	MaxSeqLen int
+}
+
+// Open loads the model named by cfg (or the embedded one) and starts its
+// engine. Close releases everything.
+func Open(cfg config.Config, log *slog.Logger) (*Runtime, error) {
+	rt := &Runtime{Config: cfg}
+	ok := false
+	defer func() {
+		if !ok {
+			_ = rt.Close()
+		}
+	}()
+	var fsys fs.FS
+	var opts model.Options
+	if term.IsTerminal(int(os.Stderr.Fd())) {
+		opts.Progress = os.Stderr
+	}
+	var err error
+	if cfg.Model == "" {
+		fsys = disagg.TinyModel()
+		rt.ModelName = disagg.TinyModelName
+		log.Info("no --model given: serving the embedded tiny model", "name", rt.ModelName)
+		rt.Model, err = model.LoadFS(fsys, opts)
+	} else {
+		fsys = os.DirFS(cfg.Model)
+		rt.ModelName = filepath.Base(filepath.Clean(cfg.Model))
+		rt.Model, err = model.LoadDir(cfg.Model, opts)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if cfg.ServedModelName != "" {
+		rt.ModelName = cfg.ServedModelName
+	}
+	mc := rt.Model.Config
+
+	tokData, err := fs.ReadFile(fsys, "tokenizer.json")
+	if err != nil {
+		return nil, fmt.Errorf("worker: the model folder needs tokenizer.json: %w", err)
+	}
+	if rt.Tokenizer, err = tokenizer.Load(tokData); err != nil {
+		return nil, fmt.Errorf("worker: tokenizer.json: %w", err)
+	}
+	if data, err := fs.ReadFile(fsys, "tokenizer_config.json"); err == nil {
+		if rt.Chat, err = chat.FromTokenizerConfig(data); err != nil {
+			return nil, fmt.Errorf("worker: tokenizer_config.json: %w", err)
+		}
+	} else {
+		log.Warn("no tokenizer_config.json: chat requests will be refused", "err", err)
+	}
+
+	rt.MaxSeqLen = mc.MaxPositionEmbeddings
+	if cfg.MaxSeqLen > 0 {
+		if cfg.MaxSeqLen > mc.MaxPositionEmbeddings {
+			return nil, fmt.Errorf("worker: max_seq_len %d exceeds the model's max_position_embeddings %d", cfg.MaxSeqLen, mc.MaxPositionEmbeddings)
+		}
+		rt.MaxSeqLen = cfg.MaxSeqLen
+	}
+
+	if cfg.ComputeBackend == "cuda" {
+		return nil, fmt.Errorf("worker: compute_backend cuda: this build has no CUDA backend yet; use cpu or auto")
+	}
+	layout := cpu.LayoutFor(mc, cfg.KVCache.TokensPerBlock)
+	blocks := poolBlocks(cfg, layout, rt.MaxSeqLen)
+	if blocks < layout.BlocksFor(rt.MaxSeqLen) {
+		return nil, fmt.Errorf("worker: a KV pool of %d blocks cannot hold one sequence of max_seq_len %d; raise kv_cache_config.max_tokens or lower max_seq_len", blocks, rt.MaxSeqLen)
+	}
+	if rt.Pool, err = kvcache.NewHostPool(layout, blocks); err != nil {
+		return nil, err
+	}
+	if rt.Backend, err = cpu.New(rt.Model, rt.Pool, cpu.Options{Threads: cfg.Threads}); err != nil {
+		return nil, err
+	}
+	rt.Engine, err = engine.New(rt.Backend, rt.Pool, engine.Config{
+		MaxBatchSize: cfg.MaxBatchSize,
+		MaxNumTokens: cfg.MaxNumTokens,
+		MaxSeqLen:    rt.MaxSeqLen,
+		EOSTokenIDs:  mc.EOSTokenIDs,
+		VocabSize:    mc.VocabSize,
+	}, log)
+	if err != nil {
+		return nil, err
+	}
+	rt.Engine.Start()
+	log.Info("model ready", "model", rt.ModelName, "backend", rt.Backend.Name(),
+		"layers", mc.NumLayers, "hidden", mc.HiddenSize, "vocab", mc.VocabSize,
+		"max_seq_len", rt.MaxSeqLen, "kv_blocks", blocks, "tokens_per_block", layout.TokensPerBlock,
+		"kv_bytes_per_token", layout.BytesPerToken())
+	ok = true
+	return rt, nil
+}
+
+// poolBlocks sizes the host KV pool: kv_cache_config.max_tokens when set,
+// else room for max_batch_size full sequences, capped by a quarter of the
+// available host memory scaled by free_gpu_memory_fraction.
+func poolBlocks(cfg config.Config, l kvcache.Layout, maxSeqLen int) int {
+	if cfg.KVCache.MaxTokens > 0 {
+		return l.BlocksFor(cfg.KVCache.MaxTokens)
+	}
+	want := cfg.MaxBatchSize * l.BlocksFor(maxSeqLen)
+	budget := int64(float64(memAvailable()/4) * cfg.KVCache.FreeGPUMemoryFraction)
+	if limit := int(budget / int64(l.BlockBytes())); limit < want {
+		want = max(limit, l.BlocksFor(maxSeqLen))
+	}
+	return want
+}
+
+// memAvailable reads MemAvailable from /proc/meminfo (4 GiB if unknown).
+func memAvailable() int64 {
+	const fallback = 4 << 30
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return fallback
+	}
+	defer f.Close()
+	return parseMemAvailable(f, fallback)
+}
+
+func parseMemAvailable(r io.Reader, fallback int64) int64 {
+	s := bufio.NewScanner(r)
+	for s.Scan() {
+		fields := strings.Fields(s.Text())
+		if len(fields) >= 2 && fields[0] == "MemAvailable:" {
+			if kb, err := strconv.ParseInt(fields[1], 10, 64); err == nil {
+				return kb << 10
+			}
+		}
+	}
+	return fallback
+}
+
+// Close stops the engine and frees the pool, the backend and the weights.
+func (rt *Runtime) Close() error {
+	var errs []error
+	if rt.Engine != nil {
+		errs = append(errs, rt.Engine.Close())
+	}
+	if rt.Backend != nil {
+		errs = append(errs, rt.Backend.Close())
+	}
+	if rt.Pool != nil {
+		errs = append(errs, rt.Pool.Close())
+	}
+	if rt.Model != nil {
+		errs = append(errs, rt.Model.Close())
+	}
+	return joinErrs(errs)
+}
+
+func joinErrs(errs []error) error {
+	var out []error
+	for _, e := range errs {
+		if e != nil {
+			out = append(out, e)
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return fmt.Errorf("worker: close: %v", out)
+}

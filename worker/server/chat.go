@@ -1,0 +1,157 @@
+package server
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"disagg/api"
+)
+
+// handleChat answers POST /v1/chat/completions: the messages are rendered
+// with the model's chat template (ending with the assistant's turn header)
+// and tokenized without adding special tokens again, as vLLM does: the
+// template carries them.
+func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	id := requestID(r, "chatcmpl-")
+	w.Header().Set("X-Request-Id", id)
+
+	var req api.ChatCompletionRequest
+	if e := s.decodeBody(w, r, &req); e != nil {
+		s.writeError(w, e)
+		return
+	}
+	if e := s.checkModel(req.Model); e != nil {
+		s.writeError(w, e)
+		return
+	}
+	if e := req.Validate(s.opts.MaxN); e != nil {
+		s.writeError(w, e)
+		return
+	}
+	if s.deps.Chat == nil {
+		s.writeError(w, api.InvalidRequest("messages",
+			"The model %q has no chat template (tokenizer_config.json has no chat_template); use /v1/completions.", s.opts.ModelName))
+		return
+	}
+	text, err := s.deps.Chat.Render(req.Messages, req.WantsGenerationPrompt())
+	if err != nil {
+		s.writeError(w, api.InvalidRequest("messages", "Could not apply the chat template: %v.", err))
+		return
+	}
+	add := req.AddSpecialTokens != nil && *req.AddSpecialTokens
+	prompt, err := s.deps.Tokenizer.Encode(text, add)
+	if err != nil {
+		s.writeError(w, api.InvalidRequest("messages", "Could not tokenize the rendered messages: %v.", err))
+		return
+	}
+	if len(prompt) == 0 {
+		s.writeError(w, api.InvalidRequest("messages", "The rendered messages tokenize to no tokens."))
+		return
+	}
+	param := "max_tokens"
+	if req.MaxCompletionTokens != nil {
+		param = "max_completion_tokens"
+	}
+	maxTokens, e := s.maxTokens(len(prompt), req.MaxTokensRequested(), "messages", param)
+	if e != nil {
+		s.writeError(w, e)
+		return
+	}
+	logprobs := -1
+	if req.Logprobs {
+		logprobs = 0
+		if req.TopLogprobs != nil {
+			logprobs = *req.TopLogprobs
+		}
+	}
+	prompts := [][]int32{prompt}
+	j, e := s.newJob(id, start, prompts, &req.SamplingOptions, maxTokens, logprobs)
+	if e != nil {
+		s.writeError(w, e)
+		return
+	}
+	events, cancel, e := s.run(r.Context(), j)
+	if e != nil {
+		s.writeError(w, e)
+		return
+	}
+	defer cancel()
+	if req.Stream {
+		s.streamChat(w, j, events, cancel, req.IncludeUsage())
+		return
+	}
+	res, e := collect(events, cancel, j.n)
+	if e != nil {
+		s.writeError(w, e)
+		return
+	}
+	out := api.ChatCompletion{
+		ID: id, Object: api.ObjectChatCompletion, Created: start.Unix(), Model: s.opts.ModelName,
+		Choices: make([]api.ChatChoice, len(res)),
+	}
+	total := 0
+	for i := range res {
+		c := &res[i]
+		total += c.count
+		out.Choices[i] = api.ChatChoice{
+			Index:        i,
+			Message:      api.ChatResponseMessage{Role: api.RoleAssistant, Content: c.text.String()},
+			FinishReason: c.finish,
+		}
+		if j.logprobs {
+			out.Choices[i].Logprobs = s.chatLogprobs(c.tokens)
+		}
+	}
+	out.Usage = usage(prompts, total)
+	s.writeJSON(w, http.StatusOK, out)
+}
+
+// streamChat sends the events as chat chunks: each choice's role first,
+// then content deltas, then an empty delta with the finish reason.
+func (s *Server) streamChat(w http.ResponseWriter, j *job, events <-chan event, cancel context.CancelFunc, includeUsage bool) {
+	sse := newSSE(w, cancel)
+	chunk := func(c api.ChatChunkChoice) api.ChatCompletionChunk {
+		return api.ChatCompletionChunk{
+			ID: j.id, Object: api.ObjectChatChunk, Created: j.start.Unix(), Model: s.opts.ModelName,
+			Choices: []api.ChatChunkChoice{c},
+		}
+	}
+	empty := ""
+	for i := 0; i < j.n; i++ {
+		sse.send(chunk(api.ChatChunkChoice{Index: i, Delta: api.ChatDelta{Role: api.RoleAssistant, Content: &empty}}))
+	}
+	total, failed := 0, false
+	for ev := range events {
+		if failed {
+			continue
+		}
+		if ev.err != nil {
+			failed = true
+			cancel()
+			sse.send(api.ErrorResponse{Error: classify(ev.err)})
+			continue
+		}
+		total += ev.count
+		if ev.text != "" || len(ev.tokens) > 0 {
+			text := ev.text
+			c := api.ChatChunkChoice{Index: ev.choice, Delta: api.ChatDelta{Content: &text}}
+			if j.logprobs {
+				c.Logprobs = s.chatLogprobs(ev.tokens)
+			}
+			sse.send(chunk(c))
+		}
+		if ev.finish != "" {
+			sse.send(chunk(api.ChatChunkChoice{Index: ev.choice, FinishReason: finishPtr(ev.finish)}))
+		}
+	}
+	if !failed && includeUsage {
+		u := api.ChatCompletionChunk{
+			ID: j.id, Object: api.ObjectChatChunk, Created: j.start.Unix(), Model: s.opts.ModelName,
+			Choices: []api.ChatChunkChoice{}, Usage: usage(j.prompts, total),
+		}
+		sse.send(u)
+	}
+	sse.done()
+}
