@@ -1,0 +1,158 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+var workerExe string
+
+// TestMain compiles this command once for every test here.
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "worker-test")
+	if err != nil {
+		panic(err)
+	}
+	workerExe = filepath.Join(dir, "worker")
+	if out, err := exec.Command("go", "build", "-o", workerExe, ".").CombinedOutput(); err != nil {
+		os.Stderr.Write(out)
+		panic(err)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func buildWorker(t *testing.T) string { return workerExe }
+
+var listenRE = regexp.MustCompile(`msg=ready addr=(\S+)`)
+
+// startWorker runs the real binary on port 0 and waits until it is ready.
+func startWorker(t *testing.T, exe string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, exe, append([]string{"--host", "127.0.0.1", "--port", "0"}, args...)...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cancel()
+			t.Error("worker did not exit within 10s of SIGINT")
+		}
+		cancel()
+	})
+	addr := make(chan string, 1)
+	go func() {
+		s := bufio.NewScanner(stderr)
+		for s.Scan() {
+			if m := listenRE.FindStringSubmatch(s.Text()); m != nil {
+				addr <- m[1]
+			}
+		}
+	}()
+	select {
+	case a := <-addr:
+		return "http://" + a
+	case <-time.After(60 * time.Second):
+		t.Fatal("worker not ready within 60s")
+	}
+	return ""
+}
+
+func TestWorkerServesEmbeddedModel(t *testing.T) {
+	exe := buildWorker(t)
+	base := startWorker(t, exe, "--config", "../../configs/ctx_config.yaml")
+
+	resp, err := http.Get(base + "/health")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("/health: %v %v", resp, err)
+	}
+	resp.Body.Close()
+
+	body := `{"model":"tiny-llama2","prompt":"Hello","max_tokens":5,"temperature":0}`
+	resp, err = http.Post(base+"/v1/completions", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Choices []struct {
+			FinishReason string `json:"finish_reason"`
+		} `json:"choices"`
+		Usage struct {
+			CompletionTokens int `json:"completion_tokens"`
+		} `json:"usage"`
+	}
+	data, _ := io.ReadAll(resp.Body)
+	if err := json.Unmarshal(data, &out); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("completion: %d %s (%v)", resp.StatusCode, data, err)
+	}
+	if len(out.Choices) != 1 || out.Choices[0].FinishReason != "length" || out.Usage.CompletionTokens != 5 {
+		t.Fatalf("completion: %s", data)
+	}
+}
+
+func TestBadConfigExitsWithClearError(t *testing.T) {
+	exe := buildWorker(t)
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("max_batch_sise: 8\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--config", bad}, `did you mean "max_batch_size"?`},
+		{[]string{"--role", "decoder"}, `role: "decoder" is not one of`},
+		{[]string{"--model", filepath.Join(dir, "nope")}, "nope"},
+		{[]string{"serve-please"}, `unexpected argument "serve-please"`},
+	} {
+		cmd := exec.Command(exe, append([]string{"--port", "0", "--host", "127.0.0.1"}, tc.args...)...)
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			t.Errorf("%v: exit 0, want an error", tc.args)
+			continue
+		}
+		if !strings.Contains(string(out), tc.want) {
+			t.Errorf("%v: output %q does not contain %q", tc.args, out, tc.want)
+		}
+	}
+}
+
+func TestProbePrintsJSON(t *testing.T) {
+	exe := buildWorker(t)
+	out, err := exec.Command(exe, "probe").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r map[string]any
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("probe output is not JSON: %v\n%s", err, out)
+	}
+	for _, k := range []string{"cpu", "memory", "gpus", "libraries", "build"} {
+		if _, ok := r[k]; !ok {
+			t.Errorf("probe JSON lacks %q", k)
+		}
+	}
+}
