@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -162,6 +163,7 @@ func (s *Server) routes() http.Handler {
 		if !known {
 			endpoint = "other"
 		}
+		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w}
 		s.metrics.inFlight.Inc()
 		defer func() {
@@ -175,7 +177,11 @@ func (s *Server) routes() http.Handler {
 					s.writeError(rec, api.Internal("Internal server error."))
 				}
 			}
-			s.metrics.requests.WithLabelValues(endpoint, fmt.Sprint(rec.statusCode())).Inc()
+			s.metrics.requests.WithLabelValues(endpoint, strconv.Itoa(rec.statusCode())).Inc()
+			if endpoint != "/health" && endpoint != "/metrics" {
+				s.log.Debug("http request", "method", r.Method, "path", r.URL.Path, "status", rec.statusCode(),
+					"request_id", rec.Header().Get("X-Request-Id"), "duration", time.Since(start))
+			}
 		}()
 		switch {
 		case !known:

@@ -14,6 +14,7 @@ import (
 
 	"disagg/api"
 	"disagg/worker/engine"
+	"disagg/worker/sampling"
 )
 
 type errShape struct {
@@ -630,4 +631,30 @@ func TestClientDisconnectCancels(t *testing.T) {
 	cancel()
 	resp.Body.Close()
 	waitFor(t, func() bool { _, cancelled, _ := gen.snapshot(); return cancelled == 2 })
+}
+
+func TestEngineRequestMapping(t *testing.T) {
+	gen := &fakeGen{reply: "ok"}
+	_, ts := newTestServer(t, gen, nil)
+	body := `{"prompt": [5, 6], "max_tokens": 9, "temperature": 0.5, "top_p": 0.9, "top_k": 40, "min_p": 0.05,
+		"repetition_penalty": 1.1, "presence_penalty": 0.5, "frequency_penalty": -0.5, "seed": 3,
+		"min_tokens": 2, "ignore_eos": true, "stop_token_ids": [7], "logprobs": 3, "user": "u"}`
+	if status, _, out := post(t, ts, "/v1/completions", body); status != 200 {
+		t.Fatalf("%d %s", status, out)
+	}
+	reqs, _, _ := gen.snapshot()
+	if len(reqs) != 1 {
+		t.Fatalf("%d requests", len(reqs))
+	}
+	r := reqs[0]
+	r.ID = ""
+	want := engine.Request{
+		Prompt: []int32{5, 6},
+		Sampling: sampling.Params{Temperature: 0.5, TopP: 0.9, TopK: 40, MinP: 0.05, Seed: 3, HasSeed: true,
+			RepetitionPenalty: 1.1, PresencePenalty: 0.5, FrequencyPenalty: -0.5, Logprobs: 3},
+		MaxTokens: 9, MinTokens: 2, IgnoreEOS: true, StopTokenIDs: []int32{7},
+	}
+	if diff := cmp.Diff(want, r); diff != "" {
+		t.Errorf("engine request (-want +got):\n%s", diff)
+	}
 }
