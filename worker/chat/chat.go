@@ -8,6 +8,21 @@
 // json.dumps without HTML escaping, and the globals raise_exception and
 // strftime_now. Execution is bounded (DefaultLimits) so that a hostile
 // template cannot hang or exhaust the server.
+//
+// Supported: if/elif/else, for (with loop.*, unpacking, an if filter, else,
+// break and continue), set (also block set and namespace attributes), macro
+// and call blocks, filter blocks, raw, comments and whitespace control;
+// Python-like literals, operators, slicing, attribute and item access,
+// the common filters, tests, and str and dict methods. Not supported:
+// template inheritance and inclusion (extends, block, include, import),
+// recursive loops, and autoescaping (transformers does not enable it).
+//
+// Known differences from Jinja2: filters that Jinja2 evaluates lazily
+// (map, select, reject, selectattr, rejectattr, unique, reverse, items)
+// return lists, so printing one shows the list rather than a generator
+// object, and "items" on a non-mapping fails at once; slicing a value that
+// cannot be sliced is an error even where Jinja2 folds a constant
+// expression to undefined at compile time.
 package chat
 
 import (
@@ -114,7 +129,9 @@ func (m Message) toDict() (*dict, error) {
 type RenderOptions struct {
 	// AddGenerationPrompt asks the template to open an assistant turn.
 	AddGenerationPrompt bool
-	// BOSToken and EOSToken are the model's special tokens.
+	// BOSToken and EOSToken are the model's special tokens; an empty one is
+	// left undefined in the template, as transformers does for a tokenizer
+	// without that token.
 	BOSToken, EOSToken string
 	// Tools are the tool schemas; nil renders as none. Elements may be
 	// json.RawMessage, which keeps the schema's key order for tojson; Go
@@ -151,7 +168,9 @@ func (t *Template) WithLimits(l Limits) *Template {
 
 // Render renders the template for a conversation.
 func (t *Template) Render(messages []Message, opts RenderOptions) (string, error) {
-	vars := make(map[string]any, len(opts.Extra)+5)
+	vars := make(map[string]any, len(opts.Extra)+6)
+	// transformers always passes documents (None unless given).
+	vars["documents"] = nil
 	for k, v := range opts.Extra {
 		vars[k] = v
 	}
@@ -165,8 +184,15 @@ func (t *Template) Render(messages []Message, opts RenderOptions) (string, error
 	}
 	vars["messages"] = msgs
 	vars["add_generation_prompt"] = opts.AddGenerationPrompt
-	vars["bos_token"] = opts.BOSToken
-	vars["eos_token"] = opts.EOSToken
+	// Like transformers, a token the tokenizer lacks is left undefined.
+	delete(vars, "bos_token")
+	delete(vars, "eos_token")
+	if opts.BOSToken != "" {
+		vars["bos_token"] = opts.BOSToken
+	}
+	if opts.EOSToken != "" {
+		vars["eos_token"] = opts.EOSToken
+	}
 	if opts.Tools != nil {
 		vars["tools"] = opts.Tools
 	} else {

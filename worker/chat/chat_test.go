@@ -125,7 +125,7 @@ func TestRenderMessages(t *testing.T) {
 }
 
 func TestNoToolsIsNone(t *testing.T) {
-	tmpl, err := Parse(`{{ tools is none }}{% if tools %}T{% endif %}`)
+	tmpl, err := Parse(`{{ tools is none }}{% if tools %}T{% endif %}{{ bos_token is defined }}{{ documents is none }}`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,8 +133,8 @@ func TestNoToolsIsNone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got != "True" {
-		t.Errorf("got %q, want %q", got, "True")
+	if want := "TrueFalseTrue"; got != want {
+		t.Errorf("got %q, want %q", got, want)
 	}
 }
 
@@ -282,5 +282,46 @@ func TestFormatFloat(t *testing.T) {
 		if got := formatFloat(f); got != want {
 			t.Errorf("formatFloat(%v) = %q, want %q", f, got, want)
 		}
+	}
+}
+
+// TestLargeTemplates feeds long and deeply nested templates: each must
+// finish quickly with a result or an error, never crash.
+func TestLargeTemplates(t *testing.T) {
+	tests := []struct {
+		name    string
+		src     string
+		wantErr bool
+	}{
+		{"many outputs", strings.Repeat("{{ 'a' }}", 50000), false},
+		{"adjacent strings", "{{ " + strings.Repeat("'ab' ", 50000) + "}}", false},
+		{"long line then error", strings.Repeat("x ", 200000) + "{{ 1 +", true},
+		{"nested ifs", strings.Repeat("{% if true %}", 400) + "x" + strings.Repeat("{% endif %}", 400), false},
+		{"too many nested ifs", strings.Repeat("{% if true %}", 1000) + strings.Repeat("{% endif %}", 1000), true},
+		{"deep parentheses", "{{ " + strings.Repeat("(", 150) + "1" + strings.Repeat(")", 150) + " }}", false},
+		{"deep brackets", "{{ " + strings.Repeat("[", 1000) + strings.Repeat("]", 1000) + " }}", true},
+		{"not chain", "{{ " + strings.Repeat("not ", 100000) + "1 }}", true},
+		{"minus chain", "{{ " + strings.Repeat("-", 100000) + "1 }}", true},
+		{"plus chain", "{{ " + strings.Repeat("1 + ", 100000) + "1 }}", true},
+		{"attribute chain", "{{ " + strings.Repeat("a.", 100000) + "b }}", true},
+		{"filter chain", "{{ x" + strings.Repeat("|trim", 100000) + " }}", true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			start := time.Now()
+			tmpl, err := Parse(tc.src)
+			if err == nil {
+				_, err = tmpl.Render(nil, RenderOptions{})
+			}
+			if (err != nil) != tc.wantErr {
+				t.Errorf("error = %v, want an error: %v", err, tc.wantErr)
+			}
+			if errors.Is(err, errInternal) {
+				t.Errorf("internal error: %v", err)
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Errorf("took %v", d)
+			}
+		})
 	}
 }

@@ -47,6 +47,7 @@ type state struct {
 	written int
 	steps   int
 	depth   int
+	edepth  int
 	limits  Limits
 }
 
@@ -181,11 +182,21 @@ func (st *state) exec(n node, sc *scope) error {
 		return nil
 	case *callBlockNode:
 		caller := st.makeMacro("caller", n.params, n.body, sc)
-		inner := newScope(sc)
-		inner.vars["caller"] = caller
-		v, err := st.eval(n.call, inner)
+		fn, err := st.eval(n.call.fn, sc)
 		if err != nil {
 			return err
+		}
+		m, ok := fn.(callable)
+		if !ok {
+			return &RenderError{Pos: n.pos, Msg: fmt.Sprintf("'%s' object is not callable", typeName(fn))}
+		}
+		args, kwargs, err := st.evalArgs(n.call.args, n.call.kwargs, sc)
+		if err != nil {
+			return err
+		}
+		v, err := m(st, args, append(kwargs, kwarg{name: "caller", val: caller}))
+		if err != nil {
+			return wrap(err, n.pos)
 		}
 		return st.write(str(v), n.pos)
 	case *filterBlockNode:
@@ -360,6 +371,11 @@ func (st *state) makeMacro(name string, params []param, body []node, defScope *s
 			}
 		}
 		for _, kw := range kwargs {
+			if kw.name == "caller" {
+				// The body of a {% call %} block, for caller().
+				ms.vars["caller"] = kw.val
+				continue
+			}
 			known := false
 			for _, p := range params {
 				known = known || p.name == kw.name
@@ -368,15 +384,22 @@ func (st *state) makeMacro(name string, params []param, body []node, defScope *s
 				return nil, fmt.Errorf("macro '%s' takes no keyword argument '%s'", name, kw.name)
 			}
 		}
-		if c, ok := defScope.lookup("caller"); ok {
-			ms.vars["caller"] = c
-		}
 		return st.capture(body, ms)
 	}
 }
 
+// maxEvalDepth bounds expression nesting at run time: long operator or
+// filter chains parse iteratively but evaluate recursively.
+const maxEvalDepth = 2000
+
 func (st *state) eval(e expr, sc *scope) (value, error) {
+	st.edepth++
+	if st.edepth > maxEvalDepth {
+		st.edepth--
+		return nil, &RenderError{Pos: e.exprPos(), Msg: "expression nested too deeply", Err: ErrLimit}
+	}
 	v, err := st.eval1(e, sc)
+	st.edepth--
 	if err != nil {
 		return nil, wrap(err, e.exprPos())
 	}

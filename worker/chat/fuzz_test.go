@@ -20,18 +20,26 @@ func FuzzParse(f *testing.F) {
 		"{{ [1, 2, 3][::-1] | tojson(indent=2) }}", "{{ x if y else z }}", "{{ 'a' is string and not b is defined }}",
 		"{{ ((((((((((1)))))))))) }}", "{{ -1 ** 2 // 3 % 4 }}", "{{ '\\u00e9\\x41\\n' }}",
 	}
-	if b, err := os.ReadFile(filepath.Join("testdata", "golden.json")); err == nil {
-		var g struct {
-			Cases []struct {
-				Template string `json:"template"`
-			} `json:"cases"`
-		}
-		if err := json.Unmarshal(b, &g); err != nil {
-			f.Fatalf("golden.json: %v", err)
-		}
-		for _, c := range g.Cases {
+	b, err := os.ReadFile(filepath.Join("testdata", "golden.json"))
+	if err != nil {
+		f.Fatalf("reading golden corpus: %v", err)
+	}
+	var g struct {
+		Templates map[string]string `json:"templates"`
+		Cases     []struct {
+			Template string `json:"template"`
+		} `json:"cases"`
+	}
+	if err := json.Unmarshal(b, &g); err != nil {
+		f.Fatalf("golden.json: %v", err)
+	}
+	for _, c := range g.Cases {
+		if c.Template != "" {
 			seeds = append(seeds, c.Template)
 		}
+	}
+	for _, tmpl := range g.Templates {
+		seeds = append(seeds, tmpl)
 	}
 	for _, s := range seeds {
 		f.Add(s)

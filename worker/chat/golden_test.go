@@ -12,32 +12,50 @@ import (
 
 // goldenCase is one rendering by Python's jinja2 (see testdata/gen_golden.py).
 type goldenCase struct {
-	Name         string                     `json:"name"`
-	Template     string                     `json:"template"`
-	Vars         map[string]json.RawMessage `json:"vars"`
-	Public       bool                       `json:"public"`
-	Rendered     *string                    `json:"rendered"`
-	Error        bool                       `json:"error"`
-	ErrorMessage string                     `json:"error_message"`
+	Name         string  `json:"name"`
+	Template     string  `json:"template"`
+	TemplateRef  string  `json:"template_ref"`
+	VarsRef      string  `json:"vars"`
+	Public       bool    `json:"public"`
+	Rendered     *string `json:"rendered"`
+	Error        bool    `json:"error"`
+	ErrorMessage string  `json:"error_message"`
+	// Vars is the resolved variable set.
+	Vars map[string]json.RawMessage `json:"-"`
 }
 
 // fixedNow is the clock gen_golden.py gives strftime_now.
 var fixedNow = time.Date(2024, 7, 5, 9, 3, 7, 0, time.Local)
 
-func loadGolden(t *testing.T) []goldenCase {
+func loadGolden(t testing.TB) []goldenCase {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("testdata", "golden.json"))
 	if err != nil {
 		t.Fatalf("reading golden corpus: %v", err)
 	}
 	var g struct {
-		Cases []goldenCase `json:"cases"`
+		VarSets   map[string]map[string]json.RawMessage `json:"var_sets"`
+		Templates map[string]string                     `json:"templates"`
+		Cases     []goldenCase                          `json:"cases"`
 	}
 	if err := json.Unmarshal(b, &g); err != nil {
 		t.Fatalf("parsing golden corpus: %v", err)
 	}
 	if len(g.Cases) == 0 {
 		t.Fatal("golden corpus is empty")
+	}
+	for i := range g.Cases {
+		c := &g.Cases[i]
+		vars, ok := g.VarSets[c.VarsRef]
+		if !ok {
+			t.Fatalf("case %s: unknown variable set %q", c.Name, c.VarsRef)
+		}
+		c.Vars = vars
+		if c.TemplateRef != "" {
+			if c.Template, ok = g.Templates[c.TemplateRef]; !ok {
+				t.Fatalf("case %s: unknown template %q", c.Name, c.TemplateRef)
+			}
+		}
 	}
 	return g.Cases
 }

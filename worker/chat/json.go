@@ -60,7 +60,10 @@ func writeJSON(b *strings.Builder, v value, o jsonOpts, level, limit int) error 
 	case string:
 		writeJSONString(b, x, o.ensureASCII)
 	case []any, tuple:
-		items, _ := iterate(x)
+		items, ok := x.([]any)
+		if !ok {
+			items = x.(tuple)
+		}
 		if len(items) == 0 {
 			b.WriteString("[]")
 			return nil

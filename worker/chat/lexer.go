@@ -90,6 +90,10 @@ type lexer struct {
 	toks         []token
 	// lineStarts holds the byte offset of each line start, for positions.
 	lineStarts []int
+	// lastOff and lastPos cache the latest position computed, so that
+	// positions of tokens in source order cost O(1) each.
+	lastOff int
+	lastPos Pos
 }
 
 // normalizeSource applies Jinja2's source normalisation: every newline
@@ -117,6 +121,11 @@ func lex(src string) ([]token, error) {
 }
 
 func (lx *lexer) posAt(off int) Pos {
+	if lx.lastPos.Line > 0 && off >= lx.lastOff && strings.IndexByte(lx.src[lx.lastOff:off], '\n') < 0 {
+		p := Pos{Line: lx.lastPos.Line, Col: lx.lastPos.Col + utf8.RuneCountInString(lx.src[lx.lastOff:off])}
+		lx.lastOff, lx.lastPos = off, p
+		return p
+	}
 	lo, hi := 0, len(lx.lineStarts)-1
 	for lo < hi {
 		mid := (lo + hi + 1) / 2
@@ -127,7 +136,9 @@ func (lx *lexer) posAt(off int) Pos {
 		}
 	}
 	col := utf8.RuneCountInString(lx.src[lx.lineStarts[lo]:off]) + 1
-	return Pos{Line: lo + 1, Col: col}
+	p := Pos{Line: lo + 1, Col: col}
+	lx.lastOff, lx.lastPos = off, p
+	return p
 }
 
 func (lx *lexer) errorf(off int, format string, args ...any) error {

@@ -729,11 +729,12 @@ func (p *parser) parsePrimary() (expr, error) {
 		return &nameExpr{name: t.val, pos: t.pos}, nil
 	case tokString:
 		p.next()
-		s := t.val
+		var b strings.Builder
+		b.WriteString(t.val)
 		for p.cur().kind == tokString {
-			s += p.next().val
+			b.WriteString(p.next().val)
 		}
-		return &literal{val: s, pos: t.pos}, nil
+		return &literal{val: b.String(), pos: t.pos}, nil
 	case tokInt:
 		p.next()
 		n, err := strconv.ParseInt(t.val, 10, 64)

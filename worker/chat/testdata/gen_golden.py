@@ -13,9 +13,11 @@ separators=None, sort_keys=False), and the globals raise_exception and
 strftime_now. strftime_now reads a fixed clock (FIXED_NOW) so that the output
 is reproducible; the Go test sets the same clock.
 
-Each case: {"name", "template", "vars", "public"} plus either "rendered" or
-{"error": true, "error_type": ...}. "vars" keeps key order (json.dumps of
-Python dicts), which matters for tojson.
+golden.json holds "var_sets" (named variable sets, key order kept, which
+matters for tojson), "templates" (the public templates by name) and "cases":
+{"name", "template" or "template_ref" (a templates name), "vars" (a var_sets
+name), "public"} plus either "rendered" or {"error": true, "error_type",
+"error_message"}.
 """
 
 import json
@@ -117,6 +119,7 @@ FEATURES = [
     ("tabs_lstrip", "\t{% if true %}\t\n\tx{% endif %}", {}),
     ("loop_vars", "{% for m in messages %}{{ loop.index }}/{{ loop.index0 }}/{{ loop.first }}/{{ loop.last }}/{{ loop.length }}/{{ loop.revindex }}/{{ loop.revindex0 }} {% endfor %}", {}),
     ("for_else", "{% for x in [] %}a{% else %}empty{% endfor %}{% for x in nope %}a{% else %}undef-empty{% endfor %}", {}),
+    ("for_else_quirk", "{% for x in [1, 2] %}{% continue %}{% else %}all-continued{% endfor %}|{% for x in [1, 2] %}{% break %}{% else %}broke-first{% endfor %}|{% for x in [1, 2] %}{{ x }}{% if x == 2 %}{% break %}{% endif %}{% else %}not-shown{% endfor %}", {}),
     ("for_if", "{% for m in messages if m.role == 'user' %}{{ loop.index }}/{{ loop.length }}:{{ m.content }};{% endfor %}", {}),
     ("dict_items_method", "{% for k, v in d.items() %}{{ k }}={{ v }},{% endfor %}", {"d": D}),
     ("dict_items_filter", "{% for k, v in d | items %}{{ k }}:{{ v }} {% endfor %}{% for k in d %}{{ k }}{% endfor %}", {"d": D}),
@@ -193,6 +196,9 @@ Done
     ("str_format", "{{ '{} and {}'.format('a', 1) }}|{{ '{1}{0}'.format('x', 'y') }}|{{ '{name}!'.format(name='n') }}|{{ '{{literal}}'.format() }}", {}),
     ("repr_unicode", "{{ ['caf\u00e9', '\u00a0', '\u200b', 'tab\tx', '\x7f'] }}", {}),
     ("overflow_edges", "{{ [1,2,3][2::9223372036854775807] }} {{ [1,2,3][::-9223372036854775807] }} {{ (-1) ** 1000000000000000001 }} {{ 2 ** 62 }} {{ ' a b '.split(none, 9223372036854775807) }} {{ ' a  b c '.split(none, 1) }} {{ ' a  b c '.rsplit(none, 1) }} {{ 'a,b,c'.rsplit(',', 1) }} {{ 'a,b,c'.split(',', 9223372036854775807) }}", {}),
+    ("call_block", "{% macro wrap(tag) %}<{{ tag }}>{{ caller() }}</{{ tag }}>{% endmacro %}{% call wrap('b') %}inner {{ 1 + 1 }}{% endcall %}|{% macro row(x) %}[{{ caller(x * 2) }}]{% endmacro %}{% call(v) row(3) %}v={{ v }}{% endcall %}", {}),
+    ("dictsort_filter", "{{ d | dictsort }} {{ {'b': 2, 'A': 1, 'c': 0} | dictsort(by='value') }} {{ {'b': 2, 'A': 1} | dictsort(reverse=true) }}", {"d": {"b": 1, "a": 2}}),
+    ("documents_none", "{{ documents is none }} {{ documents is defined }}", {"documents": None}),
     ("trim_strip_unicode", "{{ '\\u00a0x\\u3000' | trim }}|{{ 'x\\n' | trim }}", {}),
     # errors
     ("err_raise", "{% if messages[0].role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}", {}),
@@ -695,6 +701,43 @@ def random_whitespace_templates(n, seed=1234):
     return out
 
 
+def random_statement_templates(n, seed=4321):
+    """Random nests of for (with filters, else, break, continue), if/else,
+    set and namespace updates, with whitespace control, to pin down scoping
+    and loop semantics."""
+    rng = random.Random(seed)
+    exprs = ["m.role", "m.content", "loop.index", "loop.first", "loop.last", "x", "ns.n", "i", "loop.length", "loop.revindex0", "messages|length"]
+    conds = ["loop.first", "loop.last", "m.role == 'user'", "i > 1", "ns.n > 2", "x is defined", "not loop.first", "i % 2 == 0"]
+
+    def block(d):
+        out = []
+        for _ in range(rng.randint(1, 4)):
+            r = rng.random()
+            ws = rng.choice(["", " ", "\n", "\n  "])
+            lm = rng.choice(["", "-"])
+            rm = rng.choice(["", "-"])
+            if r < 0.3:
+                out.append(ws + "{{" + lm + " " + rng.choice(exprs) + " " + rm + "}}")
+            elif r < 0.45 and d < 3:
+                out.append(ws + "{%" + lm + " if " + rng.choice(conds) + " " + rm + "%}" + block(d + 1) + ws + "{%" + lm + " else " + rm + "%}" + block(d + 1) + "{% endif %}")
+            elif r < 0.6 and d < 2:
+                it = rng.choice(["messages", "range(4)", "messages[1:]", "messages[::-1]", "[]"])
+                var = "m" if "messages" in it else "i"
+                filt = rng.choice(["", " if " + var + " != 2"]) if var == "i" else rng.choice(["", " if m.role != 'system'"])
+                out.append(ws + "{%" + lm + " for " + var + " in " + it + filt + " " + rm + "%}" + block(d + 1) + rng.choice(["", "{% else %}E"]) + "{% endfor %}")
+            elif r < 0.7:
+                out.append(ws + "{% set ns.n = ns.n + 1 %}")
+            elif r < 0.8:
+                out.append(ws + "{% set x = " + rng.choice(exprs) + " %}")
+            elif r < 0.88 and d > 0:
+                out.append(ws + "{% if " + rng.choice(conds) + " %}{% " + rng.choice(["break", "continue"]) + " %}{% endif %}")
+            else:
+                out.append(ws + "t" + str(rng.randint(0, 9)))
+        return "".join(out)
+
+    return ["{% set ns = namespace(n=0) %}{% for i in range(3) %}" + block(1) + "{% endfor %}|{{ ns.n }}|{{ x }}" for _ in range(n)]
+
+
 def render(env, name, template, variables, public=False):
     case = {"name": name, "template": template, "vars": variables, "public": public}
     try:
@@ -713,15 +756,34 @@ def main():
         cases.append(render(env, name, template, {**BASE, **extra}))
     for i, template in enumerate(random_whitespace_templates(80)):
         cases.append(render(env, f"ws_random_{i}", template, BASE))
+    for i, template in enumerate(random_statement_templates(60)):
+        cases.append(render(env, f"stmt_random_{i}", template, BASE))
     for tname, template in PUBLIC:
         for mname, msgs, tools, extra in MESSAGE_SETS:
             for agp in (True, False):
                 variables = {**BASE, "messages": msgs, "tools": tools, "add_generation_prompt": agp, **extra}
                 cases.append(render(env, f"{tname}/{mname}/agp={agp}", template, variables, public=True))
+    # Variable sets are stored once and referenced by name, one case a line.
+    var_sets, names = {}, {}
+    for c in cases:
+        key = json.dumps(c["vars"], ensure_ascii=False)
+        if key not in names:
+            names[key] = f"v{len(names)}"
+            var_sets[names[key]] = c["vars"]
+        c["vars"] = names[key]
+    # Shared templates (the public ones) are stored once too.
+    templates = {}
+    for c in cases:
+        if c["public"]:
+            tname = c["name"].split("/")[0]
+            templates[tname] = c.pop("template")
+            c["template_ref"] = tname
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden.json")
     with open(out, "w", encoding="utf-8") as f:
-        json.dump({"jinja2_version": jinja2.__version__, "fixed_now": FIXED_NOW.isoformat(), "cases": cases}, f, ensure_ascii=False, indent=1)
-        f.write("\n")
+        f.write('{"jinja2_version": %s, "fixed_now": %s,\n' % (json.dumps(jinja2.__version__), json.dumps(FIXED_NOW.isoformat())))
+        f.write('"var_sets": {\n' + ",\n".join(json.dumps(k) + ": " + json.dumps(v, ensure_ascii=False) for k, v in var_sets.items()) + "\n},\n")
+        f.write('"templates": {\n' + ",\n".join(json.dumps(k) + ": " + json.dumps(v, ensure_ascii=False) for k, v in templates.items()) + "\n},\n")
+        f.write('"cases": [\n' + ",\n".join(json.dumps(c, ensure_ascii=False) for c in cases) + "\n]}\n")
     errors = sum(1 for c in cases if c.get("error"))
     print(f"wrote {len(cases)} cases ({errors} errors) to {out}")
 
