@@ -33,7 +33,7 @@ func benchEncode(b *testing.B, dir string) {
 	}
 }
 
-func BenchmarkEncodeLlama3(b *testing.B)   { benchEncode(b, "llama3") }
-func BenchmarkEncodeGPT2(b *testing.B)     { benchEncode(b, "gpt2") }
-func BenchmarkEncodeLlama2(b *testing.B)   { benchEncode(b, "llama2-metaspace") }
-func BenchmarkEncodeLegacy(b *testing.B)   { benchEncode(b, "llama2-legacy") }
+func BenchmarkEncodeLlama3(b *testing.B) { benchEncode(b, "llama3") }
+func BenchmarkEncodeGPT2(b *testing.B)   { benchEncode(b, "gpt2") }
+func BenchmarkEncodeLlama2(b *testing.B) { benchEncode(b, "llama2-metaspace") }
+func BenchmarkEncodeLegacy(b *testing.B) { benchEncode(b, "llama2-legacy") }

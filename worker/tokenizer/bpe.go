@@ -52,16 +52,16 @@ func parseModel(raw []byte) (*bpe, error) {
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil, fmt.Errorf("model: missing")
 	}
+	if typ, err := componentType(raw); err == nil && typ != "BPE" {
+		return nil, unsupported("model", typ)
+	}
 	var c bpeJSON
-	if err := unmarshal(raw, &c); err != nil {
+	if err := json.Unmarshal(raw, &c); err != nil {
 		return nil, fmt.Errorf("model: %w", err)
 	}
 	if c.Type == "" && c.Merges == nil {
-		// Untyped legacy model: only BPE has merges.
+		// An untyped (legacy) model is a BPE only if it has merges.
 		return nil, fmt.Errorf("model: missing \"type\"")
-	}
-	if c.Type != "" && c.Type != "BPE" {
-		return nil, unsupported("model", c.Type)
 	}
 	if c.Vocab == nil || c.Merges == nil {
 		return nil, fmt.Errorf("model BPE: missing vocab/merges")

@@ -1,6 +1,7 @@
 package tokenizer
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"unicode/utf8"
@@ -21,10 +22,11 @@ import (
 
 // decoderStep is one configured decoder; newStage makes its per-run state.
 type decoderStep interface {
-	newStage(next stage, fused bool) stage
-	fuses() bool // after this step, stages see one growing string
+	newStage(next stage) stage
 }
 
+// stage is a decoder's state in one run. Stages before the first Fuse or
+// ByteLevel receive token; the ones after it receive text.
 type stage interface {
 	token(s string) // a whole token (before any fuse)
 	text(s string)  // more of the single fused string
@@ -33,13 +35,9 @@ type stage interface {
 
 // newPipeline builds the stages for one decoding run, writing into out.
 func newPipeline(steps []decoderStep, out *strings.Builder) stage {
-	fused := make([]bool, len(steps)+1)
-	for i, s := range steps {
-		fused[i+1] = fused[i] || s.fuses()
-	}
 	var next stage = &sinkStage{out: out, joinSpace: len(steps) == 0}
 	for i := len(steps) - 1; i >= 0; i-- {
-		next = steps[i].newStage(next, fused[i])
+		next = steps[i].newStage(next)
 	}
 	return next
 }
@@ -70,8 +68,7 @@ type replaceStep struct {
 	content string
 }
 
-func (r replaceStep) fuses() bool { return false }
-func (r replaceStep) newStage(next stage, fused bool) stage {
+func (r replaceStep) newStage(next stage) stage {
 	return &replaceStage{cfg: r, next: next}
 }
 
@@ -99,16 +96,18 @@ type replaceStage struct {
 	cfg     replaceStep
 	next    stage
 	pending string
+	whole   strings.Builder // a regex pattern needs the whole fused string
 }
 
 func (r *replaceStage) token(s string) { r.next.token(r.cfg.apply(s)) }
 
 func (r *replaceStage) text(s string) {
-	r.pending += s
 	lit := r.cfg.literal
 	if lit == "" {
-		return // a regex needs the whole string
+		r.whole.WriteString(s)
+		return
 	}
+	r.pending += s
 	// Replace the complete matches, scanning left to right as the whole
 	// string would be scanned; of the rest, keep back the longest suffix
 	// that could still grow into a match.
@@ -139,6 +138,10 @@ func (r *replaceStage) text(s string) {
 }
 
 func (r *replaceStage) end() {
+	if r.whole.Len() > 0 {
+		r.pending = r.whole.String()
+		r.whole.Reset()
+	}
 	if r.pending != "" {
 		r.next.text(r.cfg.apply(r.pending))
 		r.pending = ""
@@ -150,8 +153,7 @@ func (r *replaceStage) end() {
 
 type byteFallbackStep struct{}
 
-func (byteFallbackStep) fuses() bool { return false }
-func (byteFallbackStep) newStage(next stage, fused bool) stage {
+func (byteFallbackStep) newStage(next stage) stage {
 	return &byteFallbackStage{next: next}
 }
 
@@ -186,34 +188,60 @@ func parseByteToken(s string) (byte, bool) {
 
 type byteFallbackStage struct {
 	next    stage
-	pending []byte
+	pending []byte // the current run of byte tokens
+	valid   int    // pending[:valid] is whole, valid UTF-8 characters
+	// doomed: the run already holds an invalid sequence, so HF will turn
+	// every byte of it into U+FFFD whatever follows; those are final.
+	doomed bool
 	// Fused mode: the one string is a byte token only if it is exactly
 	// "<0xNN>", so hold its first 6 bytes until that is decided.
 	head    string
 	decided bool
 }
 
+// A run of byte tokens becomes its UTF-8 text if the whole run is valid,
+// else one U+FFFD per byte; until the run ends, a valid start can still be
+// spoiled, so only a doomed run is handed on early.
 func (b *byteFallbackStage) token(s string) {
-	if v, ok := parseByteToken(s); ok {
-		b.pending = append(b.pending, v)
+	v, ok := parseByteToken(s)
+	if !ok {
+		b.flush()
+		b.next.token(s)
 		return
 	}
-	b.flush()
-	b.next.token(s)
+	if b.doomed {
+		b.next.token("\uFFFD")
+		return
+	}
+	b.pending = append(b.pending, v)
+	// Check only the new bytes: O(1) per byte token.
+	for b.valid < len(b.pending) && utf8.FullRune(b.pending[b.valid:]) {
+		r, n := utf8.DecodeRune(b.pending[b.valid:])
+		if r == utf8.RuneError && n == 1 {
+			b.doomed = true
+			for range b.pending {
+				b.next.token("\uFFFD")
+			}
+			b.pending, b.valid = b.pending[:0], 0
+			return
+		}
+		b.valid += n
+	}
 }
 
 func (b *byteFallbackStage) flush() {
+	b.doomed = false
 	if len(b.pending) == 0 {
 		return
 	}
-	if utf8.Valid(b.pending) {
+	if b.valid == len(b.pending) {
 		b.next.token(string(b.pending))
-	} else {
+	} else { // an incomplete character at the end
 		for range b.pending {
 			b.next.token("\uFFFD")
 		}
 	}
-	b.pending = b.pending[:0]
+	b.pending, b.valid = b.pending[:0], 0
 }
 
 func (b *byteFallbackStage) text(s string) {
@@ -242,7 +270,6 @@ func (b *byteFallbackStage) end() {
 			b.next.text(b.head)
 		}
 	}
-	b.head, b.decided = "", false
 	b.next.end()
 }
 
@@ -250,8 +277,7 @@ func (b *byteFallbackStage) end() {
 
 type fuseStep struct{}
 
-func (fuseStep) fuses() bool { return true }
-func (fuseStep) newStage(next stage, fused bool) stage {
+func (fuseStep) newStage(next stage) stage {
 	return &fuseStage{next: next}
 }
 
@@ -268,8 +294,7 @@ type stripStep struct {
 	start, stop int
 }
 
-func (stripStep) fuses() bool { return false }
-func (s stripStep) newStage(next stage, fused bool) stage {
+func (s stripStep) newStage(next stage) stage {
 	return &stripStage{cfg: s, next: next, lead: s.start}
 }
 
@@ -336,10 +361,8 @@ func (s *stripStage) text(t string) {
 	}
 }
 
-func (s *stripStage) end() {
-	s.lead, s.leadDone, s.trail = s.cfg.start, false, 0
-	s.next.end()
-}
+// end drops the held trailing content characters (at most stop of them).
+func (s *stripStage) end() { s.next.end() }
 
 // --- Metaspace ---
 
@@ -348,8 +371,7 @@ type metaspaceStep struct {
 	dropFirst   bool // prepend_scheme is not "never"
 }
 
-func (metaspaceStep) fuses() bool { return false }
-func (m metaspaceStep) newStage(next stage, fused bool) stage {
+func (m metaspaceStep) newStage(next stage) stage {
 	return &metaspaceStage{cfg: m, next: next}
 }
 
@@ -378,24 +400,20 @@ func (m *metaspaceStage) token(s string) {
 
 // After a fuse, everything is the one token at index 0.
 func (m *metaspaceStage) text(s string) { m.next.text(m.cfg.apply(s, true)) }
-func (m *metaspaceStage) end() {
-	m.n = 0
-	m.next.end()
-}
+func (m *metaspaceStage) end()          { m.next.end() }
 
 // --- ByteLevel ---
 
 type byteLevelStep struct{}
 
-func (byteLevelStep) fuses() bool { return true }
-func (byteLevelStep) newStage(next stage, fused bool) stage {
+func (byteLevelStep) newStage(next stage) stage {
 	return &byteLevelStage{next: next}
 }
 
 type byteLevelStage struct {
 	next    stage
-	pending []byte // bytes of an incomplete UTF-8 sequence
-	whole   string // after a fuse: the one string, decoded at the end
+	pending []byte          // bytes of an incomplete UTF-8 sequence
+	whole   strings.Builder // after a fuse: the one string, decoded at the end
 }
 
 func (b *byteLevelStage) token(s string) {
@@ -409,12 +427,12 @@ func (b *byteLevelStage) token(s string) {
 
 // text: a ByteLevel decoder after a fuse must see the whole string, since a
 // single unmapped character makes HF keep the string's own bytes.
-func (b *byteLevelStage) text(s string) { b.whole += s }
+func (b *byteLevelStage) text(s string) { b.whole.WriteString(s) }
 
 func (b *byteLevelStage) end() {
-	if b.whole != "" {
-		b.pending = appendTokenBytes(b.pending, b.whole)
-		b.whole = ""
+	if b.whole.Len() > 0 {
+		b.pending = appendTokenBytes(b.pending, b.whole.String())
+		b.whole.Reset()
 	}
 	if len(b.pending) > 0 {
 		out, _ := lossyPrefix(nil, b.pending, true)
@@ -434,7 +452,7 @@ func parseDecoder(raw []byte) ([]decoderStep, error) {
 		var c struct {
 			Decoders []jsonRaw `json:"decoders"`
 		}
-		if err := unmarshal(raw, &c); err != nil {
+		if err := json.Unmarshal(raw, &c); err != nil {
 			return nil, fmt.Errorf("decoder Sequence: %w", err)
 		}
 		var steps []decoderStep
@@ -451,7 +469,7 @@ func parseDecoder(raw []byte) ([]decoderStep, error) {
 			Pattern patternJSON `json:"pattern"`
 			Content *string     `json:"content"`
 		}
-		if err := unmarshal(raw, &c); err != nil || c.Content == nil {
+		if err := json.Unmarshal(raw, &c); err != nil || c.Content == nil {
 			return nil, fmt.Errorf("decoder Replace: missing or bad field (%v)", err)
 		}
 		m, err := c.Pattern.compile()
@@ -473,7 +491,7 @@ func parseDecoder(raw []byte) ([]decoderStep, error) {
 			Start   int     `json:"start"`
 			Stop    int     `json:"stop"`
 		}
-		if err := unmarshal(raw, &c); err != nil || c.Content == nil || utf8.RuneCountInString(*c.Content) != 1 {
+		if err := json.Unmarshal(raw, &c); err != nil || c.Content == nil || utf8.RuneCountInString(*c.Content) != 1 {
 			return nil, fmt.Errorf("decoder Strip: \"content\" must be one character (%v)", err)
 		}
 		if c.Start < 0 || c.Stop < 0 {

@@ -1,6 +1,7 @@
 package tokenizer
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"unicode"
@@ -214,7 +215,7 @@ func parseNormalizer(raw []byte) (normalizer, error) {
 		var c struct {
 			Normalizers []jsonRaw `json:"normalizers"`
 		}
-		if err := unmarshal(raw, &c); err != nil {
+		if err := json.Unmarshal(raw, &c); err != nil {
 			return nil, fmt.Errorf("normalizer Sequence: %w", err)
 		}
 		var seq seqNormalizer
@@ -232,7 +233,7 @@ func parseNormalizer(raw []byte) (normalizer, error) {
 		var c struct {
 			Prepend *string `json:"prepend"`
 		}
-		if err := unmarshal(raw, &c); err != nil || c.Prepend == nil {
+		if err := json.Unmarshal(raw, &c); err != nil || c.Prepend == nil {
 			return nil, fmt.Errorf("normalizer Prepend: missing or bad \"prepend\" (%v)", err)
 		}
 		return prependNormalizer{*c.Prepend}, nil
@@ -241,7 +242,7 @@ func parseNormalizer(raw []byte) (normalizer, error) {
 			Pattern patternJSON `json:"pattern"`
 			Content *string     `json:"content"`
 		}
-		if err := unmarshal(raw, &c); err != nil || c.Content == nil {
+		if err := json.Unmarshal(raw, &c); err != nil || c.Content == nil {
 			return nil, fmt.Errorf("normalizer Replace: missing or bad field (%v)", err)
 		}
 		m, err := c.Pattern.compile()
@@ -264,7 +265,7 @@ func parseNormalizer(raw []byte) (normalizer, error) {
 			Left  bool `json:"strip_left"`
 			Right bool `json:"strip_right"`
 		}
-		if err := unmarshal(raw, &c); err != nil {
+		if err := json.Unmarshal(raw, &c); err != nil {
 			return nil, fmt.Errorf("normalizer Strip: %w", err)
 		}
 		return stripNormalizer{left: c.Left, right: c.Right}, nil

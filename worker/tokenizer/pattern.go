@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/dlclark/regexp2"
@@ -60,11 +61,16 @@ type regexMatcher struct {
 	re *regexp2.Regexp
 }
 
+const regexTimeout = 10 * time.Second
+
 func compileRegex(pattern string) (regexMatcher, error) {
 	re, err := regexp2.Compile(widenClasses(pattern), regexp2.None)
 	if err != nil {
 		return regexMatcher{}, fmt.Errorf("regex %q: %w", pattern, err)
 	}
+	// A backtracking engine can take exponential time on a pathological
+	// pattern; fail the encode rather than hang it.
+	re.MatchTimeout = regexTimeout
 	return regexMatcher{re: re}, nil
 }
 

@@ -1,6 +1,7 @@
 package tokenizer
 
 import (
+	"encoding/json"
 	"fmt"
 )
 
@@ -89,7 +90,7 @@ func parsePostProcessor(raw []byte) (postProcessor, error) {
 		var c struct {
 			Processors []jsonRaw `json:"processors"`
 		}
-		if err := unmarshal(raw, &c); err != nil {
+		if err := json.Unmarshal(raw, &c); err != nil {
 			return nil, fmt.Errorf("post_processor Sequence: %w", err)
 		}
 		var seq seqPostProcessor
@@ -110,12 +111,12 @@ func parsePostProcessor(raw []byte) (postProcessor, error) {
 			Sep [2]any `json:"sep"`
 			Cls [2]any `json:"cls"`
 		}
-		if err := unmarshal(raw, &c); err != nil {
+		if err := json.Unmarshal(raw, &c); err != nil {
 			return nil, fmt.Errorf("post_processor %s: %w", typ, err)
 		}
 		cls, ok1 := c.Cls[1].(float64)
 		sep, ok2 := c.Sep[1].(float64)
-		if !ok1 || !ok2 {
+		if !ok1 || !ok2 || cls < 0 || sep < 0 || cls != float64(int32(cls)) || sep != float64(int32(sep)) {
 			return nil, fmt.Errorf("post_processor %s: cls/sep must be [token, id]", typ)
 		}
 		return clsSepPost{cls: int32(cls), sep: int32(sep)}, nil
@@ -140,11 +141,16 @@ func parseTemplate(raw []byte) (postProcessor, error) {
 			IDs []int32 `json:"ids"`
 		} `json:"special_tokens"`
 	}
-	if err := unmarshal(raw, &c); err != nil {
+	if err := json.Unmarshal(raw, &c); err != nil {
 		return nil, fmt.Errorf("post_processor TemplateProcessing: %w", err)
 	}
 	t := templatePost{special: map[string][]int32{}}
 	for k, v := range c.SpecialTokens {
+		for _, id := range v.IDs {
+			if id < 0 {
+				return nil, fmt.Errorf("post_processor TemplateProcessing: special token %q has id %d", k, id)
+			}
+		}
 		t.special[k] = v.IDs
 	}
 	conv := func(ps []pieceJSON) ([]templatePiece, error) {

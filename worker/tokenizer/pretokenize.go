@@ -1,6 +1,7 @@
 package tokenizer
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"unicode/utf8"
@@ -269,7 +270,7 @@ func parsePreTokenizer(raw []byte) (preTokenizer, error) {
 		var c struct {
 			PreTokenizers []jsonRaw `json:"pretokenizers"`
 		}
-		if err := unmarshal(raw, &c); err != nil {
+		if err := json.Unmarshal(raw, &c); err != nil {
 			return nil, fmt.Errorf("pre_tokenizer Sequence: %w", err)
 		}
 		var seq seqPreTokenizer
@@ -292,7 +293,7 @@ func parsePreTokenizer(raw []byte) (preTokenizer, error) {
 			AddPrefixSpace *bool `json:"add_prefix_space"`
 			UseRegex       *bool `json:"use_regex"`
 		}{}
-		if err := unmarshal(raw, &c); err != nil {
+		if err := json.Unmarshal(raw, &c); err != nil {
 			return nil, fmt.Errorf("pre_tokenizer ByteLevel: %w", err)
 		}
 		return byteLevelPre{addPrefixSpace: boolOr(c.AddPrefixSpace, true), useRegex: boolOr(c.UseRegex, true)}, nil
@@ -302,7 +303,7 @@ func parsePreTokenizer(raw []byte) (preTokenizer, error) {
 			Behavior string      `json:"behavior"`
 			Invert   bool        `json:"invert"`
 		}
-		if err := unmarshal(raw, &c); err != nil {
+		if err := json.Unmarshal(raw, &c); err != nil {
 			return nil, fmt.Errorf("pre_tokenizer Split: %w", err)
 		}
 		b, err := parseBehavior(c.Behavior)
@@ -325,7 +326,7 @@ func parsePreTokenizer(raw []byte) (preTokenizer, error) {
 		var c struct {
 			Individual bool `json:"individual_digits"`
 		}
-		if err := unmarshal(raw, &c); err != nil {
+		if err := json.Unmarshal(raw, &c); err != nil {
 			return nil, fmt.Errorf("pre_tokenizer Digits: %w", err)
 		}
 		return digitsPre{individual: c.Individual}, nil
@@ -344,7 +345,7 @@ func parseMetaspace(raw []byte) (metaspacePre, error) {
 		PrependScheme  *string `json:"prepend_scheme"`
 		Split          *bool   `json:"split"`
 	}
-	if err := unmarshal(raw, &c); err != nil {
+	if err := json.Unmarshal(raw, &c); err != nil {
 		return metaspacePre{}, err
 	}
 	if c.Replacement == nil || utf8.RuneCountInString(*c.Replacement) != 1 {

@@ -132,11 +132,13 @@ func load(data []byte) (*Tokenizer, error) {
 	if t.added, err = newAddedVocab(f.AddedTokens, t.model, t.norm); err != nil {
 		return nil, fmt.Errorf("added_tokens: %w", err)
 	}
-	t.buildIDTables()
+	if err := t.buildIDTables(); err != nil {
+		return nil, err
+	}
 	return t, nil
 }
 
-func (t *Tokenizer) buildIDTables() {
+func (t *Tokenizer) buildIDTables() error {
 	maxID := int32(-1)
 	for id := range t.model.vocabR {
 		maxID = max(maxID, id)
@@ -145,6 +147,10 @@ func (t *Tokenizer) buildIDTables() {
 		maxID = max(maxID, id)
 	}
 	n := int(maxID) + 1
+	// Ids index flat tables; real vocabularies are dense.
+	if entries := len(t.model.vocabR) + len(t.added.byID); n > 2*entries+1<<16 {
+		return fmt.Errorf("vocabulary ids are too sparse: largest id %d for %d tokens", maxID, entries)
+	}
 	t.vocabSize = n
 	t.decodeAs = make([]string, n)
 	t.skip = make([]bool, n)
@@ -158,6 +164,7 @@ func (t *Tokenizer) buildIDTables() {
 	for id := range t.decodeAs {
 		t.skip[id] = t.known[id] && t.added.special[t.decodeAs[id]]
 	}
+	return nil
 }
 
 // VocabSize is the largest id plus one, added tokens included.
@@ -367,8 +374,6 @@ func componentType(raw []byte) (string, error) {
 func unsupported(kind, typ string) error {
 	return fmt.Errorf("%s type %q: %w", kind, typ, ErrUnsupported)
 }
-
-func unmarshal(raw []byte, v any) error { return json.Unmarshal(raw, v) }
 
 func isNull(raw []byte) bool {
 	raw = bytes.TrimSpace(raw)

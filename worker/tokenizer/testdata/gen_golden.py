@@ -11,7 +11,7 @@ what HF returns for many inputs in <name>/golden.json:
    "decode": [{"ids": [...], "text": ..., "text_skip_special": ...}]}
 
 The Go tests compare against these; they never compare Go with itself.
-Run from this folder:  python3 -m venv /tmp/v && /tmp/v/bin/pip install tokenizers
+Run from this folder:  python3 -m venv /tmp/v && /tmp/v/bin/pip install tokenizers==0.23.3
                        /tmp/v/bin/python gen_golden.py
 The corpus is the running Python's standard library sources plus the
 multilingual lines below, so a re-run on another Python may train slightly
@@ -194,7 +194,11 @@ def configs(lines):
 
     d = json.loads(json.dumps(base))
     d["normalizer"] = None
-    d["pre_tokenizer"] = {"type": "Split", "pattern": {"String": "▁"}, "behavior": "MergedWithPrevious", "invert": False}
+    d["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"String": "▁"}, "behavior": "MergedWithPrevious", "invert": False},
+        {"type": "Split", "pattern": {"Regex": "[0-9]"}, "behavior": "Contiguous", "invert": False},
+        {"type": "Split", "pattern": {"Regex": "[aeiou]+"}, "behavior": "MergedWithNext", "invert": True},
+        {"type": "Split", "pattern": {"Regex": "\\s"}, "behavior": "Removed", "invert": False}]}
     d["post_processor"] = None
     d["decoder"] = None  # tokens joined with " "
     out["no-decoder"] = d
@@ -220,6 +224,9 @@ def configs(lines):
     d["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
     d["added_tokens"].append(special("  ", len(d["model"]["vocab"]), special=False))
     d["added_tokens"].append(special("<|im_start|>", len(d["model"]["vocab"]) + 1, lstrip=True))
+    eot = d["model"]["vocab"]["<|endoftext|>"]
+    d["post_processor"] = {"type": "RobertaProcessing", "sep": ["<|endoftext|>", eot], "cls": ["<|endoftext|>", eot],
+                           "trim_offsets": True, "add_prefix_space": True}
     out["bytelevel-prefix"] = d
 
     llama3_pre = pre_tokenizers.Sequence([
@@ -263,12 +270,15 @@ def handmade():
               ("d", "d"), ("dd", "dd"), ("b", "c"), ("é", "é")]
     vocab = build("", "", merges, ["<sep>"])
     for name, fuse, fallback in [("handmade-unk", False, True), ("handmade-fuse", True, False)]:
+        post = None
+        if fuse:
+            post = {"type": "BertProcessing", "sep": ["<sep>", vocab["<sep>"]], "cls": ["[UNK]", vocab["[UNK]"]]}
         out[name] = {
             "version": "1.0", "truncation": None, "padding": None,
             "added_tokens": [special("<sep>", vocab["<sep>"])],
             "normalizer": None,
             "pre_tokenizer": {"type": "WhitespaceSplit"},
-            "post_processor": None,
+            "post_processor": post,
             "decoder": None,
             "model": {"type": "BPE", "dropout": None, "unk_token": "<unk>", "continuing_subword_prefix": None,
                       "end_of_word_suffix": None, "fuse_unk": fuse, "byte_fallback": fallback,
@@ -340,9 +350,10 @@ def random_texts(rng, n, specials):
 
 def random_ids(rng, tok, vocab_size, n):
     vocab = tok.get_vocab(with_added_tokens=True)
-    byte_ids = [i for t, i in vocab.items() if len(t) == 6 and t.startswith("<0x")]
+    # get_vocab's order is a hash map's: sort, so reruns give the same files.
+    byte_ids = sorted(i for t, i in vocab.items() if len(t) == 6 and t.startswith("<0x"))
     added = sorted(tok.get_added_tokens_decoder().keys())
-    meta = [i for t, i in vocab.items() if t.startswith("▁")]
+    meta = sorted(i for t, i in vocab.items() if t.startswith("▁"))
     out = []
     for _ in range(n):
         ids = []
@@ -394,8 +405,13 @@ def main():
                         "text": safe_decode(tok, ids, False),
                         "text_skip_special": safe_decode(tok, ids, True)})
         with open(os.path.join(folder, "golden.json"), "w", encoding="utf-8") as f:
-            json.dump({"tokenizers_version": tokenizers.__version__, "encode": enc, "decode": dec},
-                      f, ensure_ascii=False, indent=0)
+            # One case per line: compact, and diffs stay readable.
+            dumps = lambda v: json.dumps(v, ensure_ascii=False)
+            f.write('{"tokenizers_version": %s,\n"encode": [\n' % dumps(tokenizers.__version__))
+            f.write(",\n".join(dumps(e) for e in enc))
+            f.write('\n],\n"decode": [\n')
+            f.write(",\n".join(dumps(d) for d in dec))
+            f.write("\n]}\n")
         print(name, len(d["model"]["vocab"]), "vocab,", len(enc), "encode,", len(dec), "decode", file=sys.stderr)
 
 

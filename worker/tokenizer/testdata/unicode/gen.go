@@ -1,5 +1,6 @@
-// Command gen writes ../../unicode_tables.go: where Hugging Face tokenizers'
-// Unicode differs from Go's, as dumped by dump_hf.py.
+// Command gen writes the tokenizer package's unicode_tables.go: where
+// Hugging Face tokenizers' Unicode differs from Go's, as dumped by
+// dump_hf.py. Run it from this folder:
 //
 //	python dump_hf.py > /tmp/hf_unicode.json && go run . /tmp/hf_unicode.json
 package main
@@ -160,6 +161,10 @@ func main() {
 	src, err := format.Source(b.Bytes())
 	if err != nil {
 		log.Fatal(err)
+	}
+	// The package is two levels up; refuse to write anywhere else.
+	if _, err := os.Stat("../../tokenizer.go"); err != nil {
+		log.Fatal("run from worker/tokenizer/testdata/unicode: ", err)
 	}
 	if err := os.WriteFile("../../unicode_tables.go", src, 0o644); err != nil {
 		log.Fatal(err)
