@@ -1,0 +1,191 @@
+package transceiver
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+)
+
+// Backend names accepted in cache_transceiver_config.backend.
+const (
+	// BackendDefault resolves to BackendUCX (see ResolveBackend).
+	BackendDefault = "DEFAULT"
+	// BackendUCX is the UCX transceiver (libucp).
+	BackendUCX = "UCX"
+	// BackendNIXL is the NIXL transceiver (libnixl_capi from the NIXL wheel).
+	BackendNIXL = "NIXL"
+)
+
+// NIXL plugin names accepted in TRTLLM_NIXL_KVCACHE_BACKEND.
+const (
+	// PluginUCX is NIXL's UCX plugin, the default.
+	PluginUCX = "UCX"
+	// PluginLIBFABRIC is NIXL's LIBFABRIC plugin.
+	PluginLIBFABRIC = "LIBFABRIC"
+)
+
+// Environment variables read by this package and its backends.
+const (
+	// EnvNIXLPlugin picks NIXL's transfer plugin: UCX (default) or
+	// LIBFABRIC; any other value logs a warning and falls back to UCX.
+	EnvNIXLPlugin = "TRTLLM_NIXL_KVCACHE_BACKEND"
+	// EnvNIXLPluginsDir is the folder NIXL loads its plugins from.
+	EnvNIXLPluginsDir = "NIXL_PLUGINS_DIR"
+	// EnvNIXLLibDir is the folder holding libnixl_capi.so; by default the
+	// project virtualenv's site-packages is searched.
+	EnvNIXLLibDir = "NIXL_LIB_DIR"
+	// EnvUCXLib is the path or name of libucp to dlopen (default
+	// "libucp.so.0").
+	EnvUCXLib = "DISAGG_UCX_LIB"
+)
+
+// EnvVars documents every environment variable the transceiver reads, for
+// the README table and `worker probe`.
+func EnvVars() map[string]string {
+	return map[string]string{
+		EnvNIXLPlugin:         "NIXL transfer plugin: UCX (default) or LIBFABRIC; other values warn and use UCX",
+		EnvNIXLPluginsDir:     "folder of NIXL plugins (default: the plugins folder beside libnixl_capi.so)",
+		EnvNIXLLibDir:         "folder holding libnixl_capi.so (default: search .venv site-packages)",
+		EnvUCXLib:             "libucp to dlopen for the UCX backend (default libucp.so.0)",
+		"DISAGG_UCX_WAKEUP":   "0: the UCX progress loop naps on a timer instead of sleeping on the worker's event fd",
+		"DISAGG_UCX_ERR_MODE": "none: UCX endpoints without peer error handling (faster transports such as cma and cuda_ipc; a dead peer may hang or abort the process)",
+		"UCX_*":               "passed to UCX unchanged (UCX_TLS, UCX_NET_DEVICES, ...)",
+	}
+}
+
+const (
+	defaultTransferTimeout = 30 * time.Second
+	abortNotifyTimeout     = time.Second
+)
+
+// Config mirrors TensorRT-LLM's cache_transceiver_config, plus the
+// settings our backends take from the environment (not from YAML).
+type Config struct {
+	// Backend is DEFAULT, UCX or NIXL (case-insensitive).
+	Backend string `yaml:"backend" json:"backend"`
+	// MaxTokensInBuffer sizes the pinned host staging buffer used when
+	// device memory cannot be moved directly; 0 means the backend default.
+	MaxTokensInBuffer int `yaml:"max_tokens_in_buffer" json:"max_tokens_in_buffer"`
+	// KVTransferTimeoutMs is the deadline of one request's transfer on
+	// either side; 0 means 30 s.
+	KVTransferTimeoutMs int `yaml:"kv_transfer_timeout_ms" json:"kv_transfer_timeout_ms"`
+	// KVTransferSenderFutureTimeoutMs bounds how long a sender waits for
+	// the receiver to ask for a request's blocks; 0 means no bound
+	// besides KVTransferTimeoutMs.
+	KVTransferSenderFutureTimeoutMs int `yaml:"kv_transfer_sender_future_timeout_ms" json:"kv_transfer_sender_future_timeout_ms"`
+
+	// Name is this agent's name, unique in the cluster (default: host-pid).
+	Name string `yaml:"-" json:"name,omitempty"`
+	// NIXLPlugin is NIXL's plugin (from TRTLLM_NIXL_KVCACHE_BACKEND).
+	NIXLPlugin string `yaml:"-" json:"nixl_plugin,omitempty"`
+	// NIXLPluginsDir is NIXL's plugin folder (from NIXL_PLUGINS_DIR).
+	NIXLPluginsDir string `yaml:"-" json:"nixl_plugins_dir,omitempty"`
+	// NIXLLibDir is the folder of libnixl_capi.so (from NIXL_LIB_DIR).
+	NIXLLibDir string `yaml:"-" json:"nixl_lib_dir,omitempty"`
+	// UCXLib is the libucp to dlopen (from DISAGG_UCX_LIB).
+	UCXLib string `yaml:"-" json:"ucx_lib,omitempty"`
+	// FaultEvery, when positive, makes the backend fail every Nth posted
+	// operation with ErrInjected. For tests only.
+	FaultEvery int `yaml:"-" json:"-"`
+	// Logger receives the backend's logs (default slog.Default()).
+	Logger *slog.Logger `yaml:"-" json:"-"`
+}
+
+// ResolveBackend maps a configured backend name to a concrete one.
+//
+// DEFAULT means UCX. Both ends of a transfer must run the same backend,
+// and a rule such as "NIXL when libnixl_capi loads" would make the choice
+// depend on what each machine happens to have installed, so two workers
+// with the same config could disagree. UCX is also the smaller dependency
+// (a distribution package, not a 60 MB wheel). Choose NIXL explicitly.
+func ResolveBackend(name string) (string, error) {
+	switch strings.ToUpper(strings.TrimSpace(name)) {
+	case "", BackendDefault, BackendUCX:
+		return BackendUCX, nil
+	case BackendNIXL:
+		return BackendNIXL, nil
+	}
+	return "", fmt.Errorf("%w: cache_transceiver_config.backend %q: want DEFAULT, UCX or NIXL", ErrUnknownBackend, name)
+}
+
+// NIXLPluginFromEnv reads TRTLLM_NIXL_KVCACHE_BACKEND: UCX when unset,
+// UCX or LIBFABRIC when set to one of them (case-insensitive), else a
+// warning on log and UCX.
+func NIXLPluginFromEnv(log *slog.Logger) string {
+	v := strings.TrimSpace(os.Getenv(EnvNIXLPlugin))
+	switch strings.ToUpper(v) {
+	case "", PluginUCX:
+		return PluginUCX
+	case PluginLIBFABRIC:
+		return PluginLIBFABRIC
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	log.Warn("unknown NIXL plugin, falling back to UCX", "env", EnvNIXLPlugin, "value", v, "allowed", []string{PluginUCX, PluginLIBFABRIC})
+	return PluginUCX
+}
+
+// Complete fills unset fields from the environment and defaults.
+func (c *Config) Complete() {
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Backend == "" {
+		c.Backend = BackendDefault
+	}
+	if c.Name == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			host = "agent"
+		}
+		c.Name = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+	if c.NIXLPlugin == "" {
+		c.NIXLPlugin = NIXLPluginFromEnv(c.Logger)
+	}
+	if c.NIXLPluginsDir == "" {
+		c.NIXLPluginsDir = os.Getenv(EnvNIXLPluginsDir)
+	}
+	if c.NIXLLibDir == "" {
+		c.NIXLLibDir = os.Getenv(EnvNIXLLibDir)
+	}
+	if c.UCXLib == "" {
+		c.UCXLib = os.Getenv(EnvUCXLib)
+	}
+}
+
+// Validate names the first bad field and what is allowed.
+func (c Config) Validate() error {
+	if _, err := ResolveBackend(c.Backend); err != nil {
+		return err
+	}
+	if c.MaxTokensInBuffer < 0 {
+		return fmt.Errorf("transceiver: cache_transceiver_config.max_tokens_in_buffer = %d: must be >= 0", c.MaxTokensInBuffer)
+	}
+	if c.KVTransferTimeoutMs < 0 {
+		return fmt.Errorf("transceiver: cache_transceiver_config.kv_transfer_timeout_ms = %d: must be >= 0", c.KVTransferTimeoutMs)
+	}
+	if c.KVTransferSenderFutureTimeoutMs < 0 {
+		return fmt.Errorf("transceiver: cache_transceiver_config.kv_transfer_sender_future_timeout_ms = %d: must be >= 0", c.KVTransferSenderFutureTimeoutMs)
+	}
+	switch c.NIXLPlugin {
+	case "", PluginUCX, PluginLIBFABRIC:
+	default:
+		return fmt.Errorf("transceiver: NIXL plugin %q: want %s or %s", c.NIXLPlugin, PluginUCX, PluginLIBFABRIC)
+	}
+	if len(c.Name) > maxNameLen {
+		return fmt.Errorf("transceiver: agent name longer than %d bytes", maxNameLen)
+	}
+	return nil
+}
+
+// TransferTimeout is kv_transfer_timeout_ms as a duration (default 30 s).
+func (c Config) TransferTimeout() time.Duration {
+	if c.KVTransferTimeoutMs <= 0 {
+		return defaultTransferTimeout
+	}
+	return time.Duration(c.KVTransferTimeoutMs) * time.Millisecond
+}

@@ -1,0 +1,152 @@
+//go:build cgo
+
+// Package cudamem allocates CUDA device memory for the transceiver's GPU
+// tests: libcudart is dlopen'ed (never linked), so the package builds and
+// its callers skip cleanly on machines without CUDA. It is not the
+// project's CUDA backend (that lives in cuda/); it only gives tests a
+// kvcache.Memory on the device and copies to check bytes.
+package cudamem
+
+/*
+#cgo LDFLAGS: -ldl
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stddef.h>
+
+typedef int (*malloc_fn)(void **p, size_t n);
+typedef int (*free_fn)(void *p);
+typedef int (*memcpy_fn)(void *dst, const void *src, size_t n, int kind);
+typedef int (*count_fn)(int *n);
+typedef const char *(*errstr_fn)(int e);
+
+static struct {
+	void *lib;
+	malloc_fn cmalloc;
+	free_fn cfree;
+	memcpy_fn cmemcpy;
+	count_fn count;
+	errstr_fn errstr;
+} cu;
+
+static int cu_load(char *err, size_t errlen) {
+	if (cu.lib) return 0;
+	const char *names[] = {"libcudart.so.13", "libcudart.so.12", "libcudart.so"};
+	void *lib = NULL;
+	for (int i = 0; i < 3 && lib == NULL; i++) lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+	if (lib == NULL) { const char *e = dlerror(); snprintf(err, errlen, "%s", e ? e : "dlopen failed"); return -1; }
+	*(void **)&cu.cmalloc = dlsym(lib, "cudaMalloc");
+	*(void **)&cu.cfree = dlsym(lib, "cudaFree");
+	*(void **)&cu.cmemcpy = dlsym(lib, "cudaMemcpy");
+	*(void **)&cu.count = dlsym(lib, "cudaGetDeviceCount");
+	*(void **)&cu.errstr = dlsym(lib, "cudaGetErrorString");
+	if (!cu.cmalloc || !cu.cfree || !cu.cmemcpy || !cu.count || !cu.errstr) {
+		snprintf(err, errlen, "libcudart lacks an entry point");
+		dlclose(lib);
+		return -1;
+	}
+	cu.lib = lib;
+	return 0;
+}
+static int cu_count(int *n) { return cu.count(n); }
+static int cu_malloc(void **p, size_t n) { return cu.cmalloc(p, n); }
+static int cu_free(void *p) { return cu.cfree(p); }
+static int cu_memcpy(void *d, const void *s, size_t n, int kind) { return cu.cmemcpy(d, s, n, kind); }
+static const char *cu_errstr(int e) { return cu.errstr(e); }
+*/
+import "C"
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"unsafe"
+)
+
+var loadOnce sync.Once
+var loadErr error
+
+// Available loads libcudart and checks that a device exists.
+func Available() error {
+	loadOnce.Do(func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		var buf [256]C.char
+		if C.cu_load(&buf[0], C.size_t(len(buf))) != 0 {
+			loadErr = fmt.Errorf("cudamem: %s", C.GoString(&buf[0]))
+			return
+		}
+		var n C.int
+		if e := C.cu_count(&n); e != 0 || n == 0 {
+			loadErr = fmt.Errorf("cudamem: no CUDA device (%s)", C.GoString(C.cu_errstr(e)))
+		}
+	})
+	return loadErr
+}
+
+func check(e C.int, what string) error {
+	if e == 0 {
+		return nil
+	}
+	return fmt.Errorf("cudamem: %s: %s", what, C.GoString(C.cu_errstr(e)))
+}
+
+// Memory is device memory from cudaMalloc; it implements kvcache.Memory.
+type Memory struct {
+	ptr  unsafe.Pointer
+	size int
+	once sync.Once
+}
+
+// Alloc allocates size bytes on the current device.
+func Alloc(size int) (*Memory, error) {
+	if err := Available(); err != nil {
+		return nil, err
+	}
+	if size <= 0 {
+		return nil, errors.New("cudamem: size must be positive")
+	}
+	var p unsafe.Pointer
+	if err := check(C.cu_malloc(&p, C.size_t(size)), "cudaMalloc"); err != nil {
+		return nil, err
+	}
+	return &Memory{ptr: p, size: size}, nil
+}
+
+// Ptr is the device address.
+func (m *Memory) Ptr() unsafe.Pointer { return m.ptr }
+
+// Size is the length in bytes.
+func (m *Memory) Size() int { return m.size }
+
+// Device is true.
+func (m *Memory) Device() bool { return true }
+
+// Close frees the memory.
+func (m *Memory) Close() error {
+	var err error
+	m.once.Do(func() { err = check(C.cu_free(m.ptr), "cudaFree") })
+	return err
+}
+
+// CopyIn copies src to the device at byte offset off.
+func (m *Memory) CopyIn(off int, src []byte) error {
+	if off < 0 || off+len(src) > m.size {
+		return errors.New("cudamem: copy out of range")
+	}
+	if len(src) == 0 {
+		return nil
+	}
+	return check(C.cu_memcpy(unsafe.Add(m.ptr, off), unsafe.Pointer(&src[0]), C.size_t(len(src)), 1), "cudaMemcpy to device")
+}
+
+// CopyOut copies len(dst) bytes from byte offset off of the device.
+func (m *Memory) CopyOut(off int, dst []byte) error {
+	if off < 0 || off+len(dst) > m.size {
+		return errors.New("cudamem: copy out of range")
+	}
+	if len(dst) == 0 {
+		return nil
+	}
+	return check(C.cu_memcpy(unsafe.Pointer(&dst[0]), unsafe.Add(m.ptr, off), C.size_t(len(dst)), 2), "cudaMemcpy to host")
+}

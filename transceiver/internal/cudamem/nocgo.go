@@ -1,0 +1,37 @@
+//go:build !cgo
+
+package cudamem
+
+import (
+	"errors"
+	"unsafe"
+)
+
+var errNoCgo = errors.New("cudamem: built without cgo")
+
+// Available always fails without cgo.
+func Available() error { return errNoCgo }
+
+// Memory is device memory; without cgo none can be allocated.
+type Memory struct{}
+
+// Alloc always fails without cgo.
+func Alloc(size int) (*Memory, error) { return nil, errNoCgo }
+
+// Ptr is nil.
+func (m *Memory) Ptr() unsafe.Pointer { return nil }
+
+// Size is 0.
+func (m *Memory) Size() int { return 0 }
+
+// Device is true.
+func (m *Memory) Device() bool { return true }
+
+// Close does nothing.
+func (m *Memory) Close() error { return nil }
+
+// CopyIn fails.
+func (m *Memory) CopyIn(off int, src []byte) error { return errNoCgo }
+
+// CopyOut fails.
+func (m *Memory) CopyOut(off int, dst []byte) error { return errNoCgo }

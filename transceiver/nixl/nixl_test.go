@@ -1,0 +1,218 @@
+//go:build cgo
+
+package nixl
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"testing"
+
+	"disagg/transceiver"
+	"disagg/transceiver/transceivertest"
+	"disagg/transceiver/ucx"
+)
+
+// requireNIXL skips the test when libnixl_capi.so cannot be loaded, except
+// under CI=true, where a missing library is a failure.
+func requireNIXL(t testing.TB) {
+	t.Helper()
+	if _, err := Load("", os.Getenv(transceiver.EnvNIXLPluginsDir)); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("NIXL is required under CI=true: %v", err)
+		}
+		t.Skipf("NIXL not available (%v)", err)
+	}
+}
+
+var suite = transceivertest.Suite{
+	New: func(cfg transceiver.Config) (transceiver.Transceiver, error) {
+		return New(cfg)
+	},
+	Require:             requireNIXL,
+	StopStallsTransfers: true,
+	// cuda_copy beside tcp: NIXL's UCX backend fails to start on a GPU
+	// machine when UCX_TLS leaves it out.
+	StallEnv:      map[string]string{"UCX_TLS": "tcp,cuda_copy"},
+	SkipExitHooks: true,
+}
+
+func TestMain(m *testing.M) { suite.Main(m) }
+
+// TestTwoProcess runs the shared two-process suite against NIXL with the
+// plugin from TRTLLM_NIXL_KVCACHE_BACKEND (UCX by default).
+func TestTwoProcess(t *testing.T) { suite.Run(t) }
+
+func newAgent(t *testing.T, name string, r transceiver.Region) *Agent {
+	t.Helper()
+	a, err := New(transceiver.Config{Name: name, KVTransferTimeoutMs: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := a.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	if err := a.Register(r); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// TestInProcessWithUCXBackend runs a NIXL transfer and a UCX-backend
+// transfer in one process: the system libucp and the wheel's bundled UCX
+// must not meet (both are dlopen'ed with local scope).
+func TestInProcessWithUCXBackend(t *testing.T) {
+	requireNIXL(t)
+	ctx := context.Background()
+	const bb = 8192
+	src := transceivertest.NewHostRegion(t, bb, 32)
+	dst := transceivertest.NewHostRegion(t, bb, 32)
+	transceivertest.FillRandom(src, 1)
+	a := newAgent(t, "nixl-a", src)
+	b := newAgent(t, "nixl-b", dst)
+	info, err := b.LocalInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := a.Connect(ctx, info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = p.Close() }()
+	rng := rand.New(rand.NewPCG(1, 2))
+	check := func(pairs []transceiver.BlockPair, what string) {
+		t.Helper()
+		for _, pr := range pairs {
+			if !bytes.Equal(transceivertest.Block(src, pr.Local), transceivertest.Block(dst, pr.Remote)) {
+				t.Fatalf("%s: block %d -> %d differs", what, pr.Local, pr.Remote)
+			}
+		}
+	}
+	pairs := transceivertest.RandomPairs(rng, 20, 32, 32)
+	if err := transceiver.Push(ctx, p, src, transceiver.Transfer{RequestID: 1, Pairs: pairs}, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := transceiver.Await(ctx, b, dst, 1, nil, true); err != nil {
+		t.Fatal(err)
+	}
+	check(pairs, "nixl push")
+	transceivertest.FillRandom(dst, 3)
+	pairs = transceivertest.RandomPairs(rng, 20, 32, 32)
+	if err := p.(transceiver.Reader).Read(ctx, transceiver.Transfer{RequestID: 2, Pairs: pairs}); err != nil {
+		t.Fatal(err)
+	}
+	check(pairs, "nixl pull")
+
+	// The UCX backend in the same process.
+	if err := ucx.Load(os.Getenv(transceiver.EnvUCXLib)); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("UCX is required under CI=true: %v", err)
+		}
+		t.Skipf("UCX backend not available: %v", err)
+	}
+	ua, err := ucx.New(transceiver.Config{Name: "ucx-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = ua.Close() }()
+	ub, err := ucx.New(transceiver.Config{Name: "ucx-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = ub.Close() }()
+	src2 := transceivertest.NewHostRegion(t, bb, 32)
+	dst2 := transceivertest.NewHostRegion(t, bb, 32)
+	transceivertest.FillRandom(src2, 7)
+	if err := ua.Register(src2); err != nil {
+		t.Fatal(err)
+	}
+	if err := ub.Register(dst2); err != nil {
+		t.Fatal(err)
+	}
+	uinfo, err := ub.LocalInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	up, err := ua.Connect(ctx, uinfo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = up.Close() }()
+	pairs = transceivertest.RandomPairs(rng, 20, 32, 32)
+	if err := up.Write(ctx, transceiver.Transfer{Pairs: pairs}); err != nil {
+		t.Fatal(err)
+	}
+	for _, pr := range pairs {
+		if !bytes.Equal(transceivertest.Block(src2, pr.Local), transceivertest.Block(dst2, pr.Remote)) {
+			t.Fatalf("ucx beside nixl: block %d -> %d differs", pr.Local, pr.Remote)
+		}
+	}
+	// And NIXL still works after UCX was used.
+	transceivertest.FillRandom(src, 9)
+	pairs = transceivertest.RandomPairs(rng, 20, 32, 32)
+	if err := p.Write(ctx, transceiver.Transfer{Pairs: pairs}); err != nil {
+		t.Fatal(err)
+	}
+	check(pairs, "nixl after ucx")
+}
+
+// TestLIBFABRICPlugin reports whether NIXL's LIBFABRIC plugin can be
+// created here; where it cannot, the error must name the reason.
+func TestLIBFABRICPlugin(t *testing.T) {
+	requireNIXL(t)
+	a, err := New(transceiver.Config{Name: "lf", NIXLPlugin: transceiver.PluginLIBFABRIC})
+	if err == nil {
+		t.Log("LIBFABRIC plugin created")
+		if err := a.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	t.Logf("LIBFABRIC unavailable: %v", err)
+	if !strings.Contains(err.Error(), "LIBFABRIC") {
+		t.Errorf("error does not name the plugin: %v", err)
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	if _, err := FindLibrary(t.TempDir()); !errors.Is(err, transceiver.ErrNotLoaded) {
+		t.Errorf("empty folder: %v", err)
+	}
+}
+
+// TestForgedRegionRejected: an info blob that claims more blocks than its
+// agent registered is refused when the remote list is prepared.
+func TestForgedRegionRejected(t *testing.T) {
+	requireNIXL(t)
+	a := newAgent(t, "forge-a", transceivertest.NewHostRegion(t, 4096, 8))
+	b := newAgent(t, "forge-b", transceivertest.NewHostRegion(t, 4096, 8))
+	info, err := b.LocalInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := transceiver.DecodeInfo(info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.Region.NumBlocks = 64
+	forged, err := transceiver.EncodeInfo(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Connect(context.Background(), forged); !errors.Is(err, transceiver.ErrBadInfo) {
+		t.Fatalf("forged region: %v, want ErrBadInfo", err)
+	}
+	// The genuine blob still connects afterwards.
+	p, err := a.Connect(context.Background(), info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,940 @@
+package ucx
+
+/*
+#include <stdlib.h>
+#include "shim.h"
+
+static void *dxu_msg_data(dx_msg *m) { return m->data; }
+*/
+import "C"
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"sync"
+	"time"
+	"unsafe"
+
+	"disagg/transceiver"
+	"golang.org/x/sys/unix"
+)
+
+func init() {
+	transceiver.Register(transceiver.BackendUCX, func(cfg transceiver.Config) (transceiver.Transceiver, error) {
+		return New(cfg)
+	})
+}
+
+// Compile-time checks of the abilities an Agent and a Peer offer.
+var (
+	_ transceiver.Transceiver  = (*Agent)(nil)
+	_ transceiver.Waiter       = (*Agent)(nil)
+	_ transceiver.DeviceMemory = (*Agent)(nil)
+	_ transceiver.Peer         = (*Peer)(nil)
+	_ transceiver.Reader       = (*Peer)(nil)
+	_ transceiver.Notifier     = (*Peer)(nil)
+)
+
+// envWakeup, set to 0, makes the idle loop nap on a timer instead of
+// sleeping on the worker's event fd (a tuning and diagnosis knob).
+const envWakeup = "DISAGG_UCX_WAKEUP"
+
+// envErrMode, set to "none", creates endpoints without UCX's peer error
+// handling. UCX then may use transports that cannot report a dead peer
+// (cma, shared memory, cuda_ipc), which are much faster, but a peer that
+// dies mid-transfer may hang the transfer or abort this process. For
+// measurements and trusted single-host setups only.
+const envErrMode = "DISAGG_UCX_ERR_MODE"
+
+const (
+	// amNotify is the active-message id of notifications.
+	amNotify = 0x4458
+	// maxQueuedNotifications bounds notifications nobody waits for yet.
+	maxQueuedNotifications = 1 << 16
+	// idleWait is how long the idle progress loop sleeps between polls.
+	idleWait = 500 * time.Microsecond
+	// spinAfterActivity keeps the loop polling without sleeping this long
+	// after the last event.
+	spinAfterActivity = 200 * time.Microsecond
+	// maxSleep bounds one sleep of the idle loop on the worker's event fd.
+	maxSleep = 100 * time.Millisecond
+	// closeTimeout bounds a graceful endpoint close before it is forced.
+	closeTimeout = 2 * time.Second
+)
+
+// Agent is one UCX transceiver: a context, a worker, one registered
+// region, and the progress loop that owns them.
+type Agent struct {
+	cfg transceiver.Config
+	log *slog.Logger
+
+	work     chan func()
+	loopDone chan struct{}
+
+	// Owned by the loop goroutine.
+	uctx     C.dxucp_context_h
+	worker   C.dxucp_worker_h
+	queue    *C.dx_queue
+	memh     C.dxucp_mem_h
+	ops      []*op
+	peers    map[*Peer]struct{}
+	deadEPs  []*C.dx_ep // closed endpoints' handler state, freed after the worker
+	posted   uint64
+	stopping bool
+	dropped  uint64
+
+	memTypes uint64 // set before the loop serves requests, then read-only
+	efd      int    // the worker's event fd (loop goroutine)
+
+	// wakeFD is an eventfd the loop sleeps on beside the worker's, so
+	// that handing it work wakes it; -1 once closed.
+	wakeMu sync.RWMutex
+	wakeFD int
+
+	mu         sync.Mutex
+	closed     bool
+	registered bool
+	region     transceiver.Region
+	info       []byte
+	notes      map[uint64]transceiver.Notification
+	waiters    map[uint64]chan transceiver.Notification
+}
+
+// New loads libucp (cfg.UCXLib or DefaultLibrary) and starts an agent:
+// a UCP context with RMA and active messages, a worker, and its progress
+// loop on a locked OS thread.
+func New(cfg transceiver.Config) (*Agent, error) {
+	cfg.Complete()
+	if err := Load(cfg.UCXLib); err != nil {
+		return nil, err
+	}
+	a := &Agent{
+		cfg:      cfg,
+		log:      cfg.Logger.With("backend", "UCX", "agent", cfg.Name),
+		work:     make(chan func(), 64),
+		loopDone: make(chan struct{}),
+		peers:    map[*Peer]struct{}{},
+		notes:    map[uint64]transceiver.Notification{},
+		waiters:  map[uint64]chan transceiver.Notification{},
+	}
+	fd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("ucx: eventfd: %w", err)
+	}
+	a.wakeFD = fd
+	ready := make(chan error, 1)
+	go a.loop(ready)
+	if err := <-ready; err != nil {
+		<-a.loopDone
+		a.closeWake()
+		return nil, err
+	}
+	a.log.Debug("UCX agent started", "memory_types", memTypeList(a.memTypes))
+	return a, nil
+}
+
+// Backend returns "UCX".
+func (a *Agent) Backend() string { return transceiver.BackendUCX }
+
+// SupportsDevice reports whether this UCX can register CUDA memory.
+func (a *Agent) SupportsDevice() bool { return a.memTypes&(1<<C.DXUCS_MEMORY_TYPE_CUDA) != 0 }
+
+// setup creates the context and worker on the loop's thread.
+func (a *Agent) setup() error {
+	if err := statusErr(C.dxu_init(C.DXUCP_FEATURE_RMA|C.DXUCP_FEATURE_AM|C.DXUCP_FEATURE_WAKEUP, &a.uctx)); err != nil {
+		return fmt.Errorf("ucx: init context: %w", err)
+	}
+	var types C.uint64_t
+	if err := statusErr(C.dxu_memory_types(a.uctx, &types)); err != nil {
+		C.dxu_cleanup(a.uctx)
+		return fmt.Errorf("ucx: query memory types: %w", err)
+	}
+	a.memTypes = uint64(types)
+	if err := statusErr(C.dxu_worker_create(a.uctx, &a.worker)); err != nil {
+		C.dxu_cleanup(a.uctx)
+		return fmt.Errorf("ucx: create worker: %w", err)
+	}
+	a.queue = C.dxu_queue_new()
+	if err := statusErr(C.dxu_set_am_handler(a.worker, amNotify, a.queue)); err != nil {
+		C.dxu_worker_destroy(a.worker)
+		C.dxu_queue_free(a.queue)
+		C.dxu_cleanup(a.uctx)
+		return fmt.Errorf("ucx: set active message handler: %w", err)
+	}
+	var efd C.int
+	if os.Getenv(envWakeup) == "0" {
+		a.efd = -1
+	} else if err := statusErr(C.dxu_worker_efd(a.worker, &efd)); err != nil {
+		a.efd = -1 // no wakeup: the idle loop polls on a timer instead
+		a.log.Debug("ucx: worker event fd unavailable; idle loop will poll", "err", err)
+	} else {
+		a.efd = int(efd)
+	}
+	return nil
+}
+
+// teardown releases everything on the loop's thread, after every op ended.
+func (a *Agent) teardown() {
+	for p := range a.peers {
+		a.closePeerNow(p)
+	}
+	// Let UCX send what it still has queued (wireup replies, endpoint
+	// removal notices) before the worker goes: destroying a worker with
+	// wireup messages pending trips an assertion in some UCX releases.
+	deadline := time.Now().Add(100 * time.Millisecond)
+	for quiet := 0; quiet < 100 && time.Now().Before(deadline); {
+		if C.dxu_progress(a.worker) == 0 {
+			quiet++
+		} else {
+			quiet = 0
+		}
+	}
+	if a.memh != nil {
+		if err := statusErr(C.dxu_mem_unmap(a.uctx, a.memh)); err != nil {
+			a.log.Warn("ucx: unmap region", "err", err)
+		}
+		a.memh = nil
+	}
+	C.dxu_worker_destroy(a.worker)
+	for _, e := range a.deadEPs {
+		C.free(unsafe.Pointer(e))
+	}
+	a.deadEPs = nil
+	C.dxu_queue_free(a.queue)
+	C.dxu_cleanup(a.uctx)
+}
+
+// loop is the progress loop: the only goroutine that calls into UCX for
+// this agent. It runs work handed to it, progresses the worker, delivers
+// notifications and completes operations.
+func (a *Agent) loop(ready chan<- error) {
+	runtime.LockOSThread() // never unlocked: the thread exits with the loop
+	defer close(a.loopDone)
+	if err := a.setup(); err != nil {
+		ready <- err
+		return
+	}
+	ready <- nil
+	timer := time.NewTimer(idleWait)
+	lastActive := time.Now()
+	for {
+		busy := false
+	drain:
+		for i := 0; i < 64; i++ {
+			select {
+			case f := <-a.work:
+				f()
+				busy = true
+			default:
+				break drain
+			}
+		}
+		for C.dxu_progress(a.worker) != 0 {
+			busy = true
+		}
+		if a.deliver() {
+			busy = true
+		}
+		if a.pollOps() {
+			busy = true
+		}
+		if a.stopping {
+			if len(a.ops) == 0 {
+				a.teardown()
+				return
+			}
+			continue
+		}
+		if busy || len(a.ops) > 0 {
+			lastActive = time.Now()
+			continue
+		}
+		if time.Since(lastActive) < spinAfterActivity {
+			continue
+		}
+		if a.efd >= 0 {
+			switch st := C.dxu_worker_arm(a.worker); st {
+			case C.DXUCS_OK:
+				a.sleep()
+				lastActive = time.Now()
+				continue
+			case C.DXUCS_ERR_BUSY:
+				continue // events pending: progress again
+			}
+		}
+		timer.Reset(idleWait)
+		select {
+		case f := <-a.work:
+			f()
+			lastActive = time.Now()
+		case <-timer.C:
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+	}
+}
+
+// do runs fn on the loop goroutine and waits for it.
+func (a *Agent) do(fn func() error) error {
+	a.mu.Lock()
+	closed := a.closed
+	a.mu.Unlock()
+	if closed {
+		return transceiver.ErrClosed
+	}
+	errc := make(chan error, 1)
+	f := func() { errc <- fn() }
+	select {
+	case a.work <- f:
+		a.wake()
+	case <-a.loopDone:
+		return transceiver.ErrClosed
+	}
+	select {
+	case err := <-errc:
+		return err
+	case <-a.loopDone:
+		return transceiver.ErrClosed
+	}
+}
+
+// op is a set of outstanding UCX requests that complete together.
+type op struct {
+	ctx     context.Context
+	peer    *Peer
+	reqs    []unsafe.Pointer
+	err     error
+	aborted bool
+	done    chan error
+	cleanup func()
+	what    string
+}
+
+// add records the status pointer of a posted operation: an immediate
+// completion, an error, or a request to poll.
+func (o *op) add(p unsafe.Pointer) {
+	if C.dxu_is_request(p) != 0 {
+		o.reqs = append(o.reqs, p)
+		return
+	}
+	if err := statusErr(C.dxu_ptr_status(p)); err != nil && o.err == nil {
+		o.err = err
+	}
+}
+
+// pollOps completes finished requests, aborts ops past their deadline, and
+// reports whether anything changed.
+func (a *Agent) pollOps() bool {
+	changed := false
+	kept := a.ops[:0]
+	for _, o := range a.ops {
+		if !o.aborted {
+			var cause error
+			select {
+			case <-o.ctx.Done():
+				cause = context.Cause(o.ctx)
+			default:
+				if a.stopping {
+					cause = transceiver.ErrClosed
+				}
+			}
+			if cause != nil {
+				o.aborted = true
+				if o.err == nil {
+					o.err = fmt.Errorf("ucx: %s to %s: %w", o.what, o.peer.name, cause)
+				}
+				// UCX cannot cancel RMA: force-close the endpoint, which
+				// completes every request on it with an error. The peer
+				// is unusable afterwards.
+				a.breakPeer(o.peer, o.err, o)
+				changed = true
+			}
+		}
+		live := o.reqs[:0]
+		for _, r := range o.reqs {
+			st := C.dxu_ptr_status(r)
+			if st == C.DXUCS_INPROGRESS {
+				live = append(live, r)
+				continue
+			}
+			C.dxu_req_free(r)
+			changed = true
+			if err := statusErr(st); err != nil && o.err == nil {
+				o.err = a.peerErr(o.peer, err)
+			}
+		}
+		o.reqs = live
+		if len(o.reqs) > 0 {
+			kept = append(kept, o)
+			continue
+		}
+		if o.cleanup != nil {
+			o.cleanup()
+		}
+		o.done <- o.err
+		changed = true
+	}
+	for i := len(kept); i < len(a.ops); i++ {
+		a.ops[i] = nil
+	}
+	a.ops = kept
+	return changed
+}
+
+// start runs post on the loop; post fills an op whose requests the loop
+// then completes. It waits for completion: when ctx ends, the op is
+// aborted and start still waits until UCX has released every request, so
+// the caller's memory may be reused once start returns.
+func (a *Agent) start(ctx context.Context, p *Peer, what string, post func(o *op)) error {
+	o := &op{ctx: ctx, peer: p, done: make(chan error, 1), what: what}
+	err := a.do(func() error {
+		if a.stopping {
+			return transceiver.ErrClosed
+		}
+		post(o)
+		if len(o.reqs) == 0 {
+			if o.cleanup != nil {
+				o.cleanup()
+			}
+			o.done <- o.err
+			return nil
+		}
+		a.ops = append(a.ops, o)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return <-o.done
+}
+
+// Register maps the region with UCX (host or CUDA memory type), packs its
+// remote key and builds this agent's connection info.
+func (a *Agent) Register(r transceiver.Region) error {
+	if err := r.Validate(); err != nil {
+		return err
+	}
+	memType := C.int(C.DXUCS_MEMORY_TYPE_HOST)
+	if r.Mem.Device() {
+		if !a.SupportsDevice() {
+			return fmt.Errorf("%w: %v", transceiver.ErrUnsupported, errNoCUDA)
+		}
+		memType = C.DXUCS_MEMORY_TYPE_CUDA
+	}
+	a.mu.Lock()
+	if a.registered {
+		a.mu.Unlock()
+		return errors.New("ucx: a region is already registered")
+	}
+	a.mu.Unlock()
+	var info []byte
+	err := a.do(func() error {
+		var memh C.dxucp_mem_h
+		if err := statusErr(C.dxu_mem_map(a.uctx, r.Mem.Ptr(), C.size_t(r.Bytes()), memType, &memh)); err != nil {
+			return fmt.Errorf("ucx: map %d bytes: %w", r.Bytes(), err)
+		}
+		var rkey unsafe.Pointer
+		var rkeyLen C.size_t
+		if err := statusErr(C.dxu_rkey_pack(a.uctx, memh, &rkey, &rkeyLen)); err != nil {
+			_ = statusErr(C.dxu_mem_unmap(a.uctx, memh))
+			return fmt.Errorf("ucx: pack remote key: %w", err)
+		}
+		defer C.dxu_rkey_buffer_release(rkey)
+		var addr unsafe.Pointer
+		var addrLen C.size_t
+		if err := statusErr(C.dxu_worker_address(a.worker, &addr, &addrLen)); err != nil {
+			_ = statusErr(C.dxu_mem_unmap(a.uctx, memh))
+			return fmt.Errorf("ucx: worker address: %w", err)
+		}
+		defer C.dxu_worker_release_address(a.worker, addr)
+		payload := encodePayload(C.GoBytes(addr, C.int(addrLen)), C.GoBytes(rkey, C.int(rkeyLen)))
+		blob, err := transceiver.EncodeInfo(transceiver.Info{
+			Backend: transceiver.BackendUCX,
+			Agent:   a.cfg.Name,
+			Region: transceiver.RemoteRegion{
+				Base:       uint64(uintptr(r.Mem.Ptr())),
+				BlockBytes: r.BlockBytes,
+				NumBlocks:  r.NumBlocks,
+				Device:     r.Mem.Device(),
+			},
+			Payload: payload,
+		})
+		if err != nil {
+			_ = statusErr(C.dxu_mem_unmap(a.uctx, memh))
+			return err
+		}
+		a.memh = memh
+		info = blob
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.registered, a.region, a.info = true, r, info
+	a.mu.Unlock()
+	return nil
+}
+
+func encodePayload(addr, rkey []byte) []byte {
+	b := binary.LittleEndian.AppendUint32(nil, uint32(len(addr)))
+	b = append(b, addr...)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(rkey)))
+	return append(b, rkey...)
+}
+
+func decodePayload(b []byte) (addr, rkey []byte, err error) {
+	next := func() ([]byte, error) {
+		if len(b) < 4 {
+			return nil, fmt.Errorf("%w: UCX payload truncated", transceiver.ErrBadInfo)
+		}
+		n := binary.LittleEndian.Uint32(b)
+		b = b[4:]
+		if n == 0 || uint64(n) > uint64(len(b)) {
+			return nil, fmt.Errorf("%w: UCX payload field of %d bytes in %d", transceiver.ErrBadInfo, n, len(b))
+		}
+		out := b[:n]
+		b = b[n:]
+		return out, nil
+	}
+	if addr, err = next(); err != nil {
+		return nil, nil, err
+	}
+	if rkey, err = next(); err != nil {
+		return nil, nil, err
+	}
+	if len(b) != 0 {
+		return nil, nil, fmt.Errorf("%w: UCX payload has %d trailing bytes", transceiver.ErrBadInfo, len(b))
+	}
+	return addr, rkey, nil
+}
+
+// LocalInfo returns the connection info built by Register.
+func (a *Agent) LocalInfo() ([]byte, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.registered {
+		return nil, transceiver.ErrNotRegistered
+	}
+	return append([]byte(nil), a.info...), nil
+}
+
+// Peer is an endpoint to a remote UCX agent and its unpacked remote key.
+type Peer struct {
+	a      *Agent
+	name   string
+	remote transceiver.RemoteRegion
+
+	// Owned by the loop goroutine.
+	ep     *C.dx_ep
+	rkey   C.dxucp_rkey_h
+	broken error
+	closed bool
+}
+
+// Connect creates an endpoint to the agent described by info (error mode
+// "peer", so a dead peer fails operations instead of hanging them) and
+// unpacks its remote key.
+func (a *Agent) Connect(ctx context.Context, info []byte) (transceiver.Peer, error) {
+	in, err := transceiver.DecodeInfo(info)
+	if err != nil {
+		return nil, err
+	}
+	if in.Backend != transceiver.BackendUCX {
+		return nil, fmt.Errorf("%w: peer %q runs backend %q, this agent UCX", transceiver.ErrBadInfo, in.Agent, in.Backend)
+	}
+	addr, rkey, err := decodePayload(in.Payload)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	p := &Peer{a: a, name: in.Agent, remote: in.Region}
+	err = a.do(func() error {
+		caddr := C.CBytes(addr)
+		defer C.free(caddr)
+		crkey := C.CBytes(rkey)
+		defer C.free(crkey)
+		e := C.dxu_ep_new()
+		if e == nil {
+			return errors.New("ucx: out of memory for an endpoint")
+		}
+		peerErrors := C.int(1)
+		if os.Getenv(envErrMode) == "none" {
+			peerErrors = 0
+		}
+		if err := statusErr(C.dxu_ep_create(a.worker, caddr, e, peerErrors)); err != nil {
+			C.free(unsafe.Pointer(e))
+			return fmt.Errorf("ucx: connect to %s: %w", in.Agent, err)
+		}
+		p.ep = e
+		if err := statusErr(C.dxu_rkey_unpack(e, crkey, &p.rkey)); err != nil {
+			a.closePeerNow(p)
+			return fmt.Errorf("ucx: unpack remote key of %s: %w", in.Agent, err)
+		}
+		a.peers[p] = struct{}{}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// closePeerNow destroys the rkey and closes the endpoint (flushing a
+// healthy one, forcing a failed one), waiting (bounded) for UCX to
+// finish; loop goroutine only.
+func (a *Agent) closePeerNow(p *Peer) {
+	if p.rkey != nil {
+		C.dxu_rkey_destroy(p.rkey)
+		p.rkey = nil
+	}
+	if p.ep != nil {
+		if p.ep.ep != nil {
+			// A healthy endpoint closes in flush mode: forcing it while a
+			// wireup message is still queued trips an assertion in UCX
+			// 1.13 over TCP. A failed one is forced.
+			force := C.int(0)
+			if p.broken != nil || p.ep.failed != 0 {
+				force = 1
+			}
+			r := C.dxu_ep_close(p.ep, force)
+			a.waitReq(r, closeTimeout)
+		}
+		// UCX may still call the error handler of a closed endpoint (its
+		// argument is p.ep) until the worker is destroyed.
+		a.deadEPs = append(a.deadEPs, p.ep)
+		p.ep = nil
+	}
+	p.closed = true
+	delete(a.peers, p)
+}
+
+// waitReq progresses the worker until the request completes or d passes;
+// loop goroutine only.
+func (a *Agent) waitReq(r unsafe.Pointer, d time.Duration) {
+	if C.dxu_is_request(r) == 0 {
+		return
+	}
+	deadline := time.Now().Add(d)
+	for C.dxu_ptr_status(r) == C.DXUCS_INPROGRESS {
+		if time.Now().After(deadline) {
+			a.log.Warn("ucx: endpoint close did not complete in time; leaving it to worker teardown", "timeout", d)
+			return
+		}
+		C.dxu_progress(a.worker)
+	}
+	C.dxu_req_free(r)
+}
+
+// breakPeer force-closes p's endpoint after a deadline or fatal error; the
+// close request joins o so that o completes only when UCX is done.
+func (a *Agent) breakPeer(p *Peer, cause error, o *op) {
+	if p.broken == nil {
+		p.broken = cause
+	}
+	if p.ep == nil || p.ep.ep == nil {
+		return
+	}
+	// UCX wants the rkey gone before its endpoint; the requests still
+	// using it are purged by the forced close right after.
+	if p.rkey != nil {
+		C.dxu_rkey_destroy(p.rkey)
+		p.rkey = nil
+	}
+	o.add(C.dxu_ep_close(p.ep, 1))
+}
+
+// peerErr maps a request error to ErrPeerFailed when the endpoint's
+// error handler fired.
+func (a *Agent) peerErr(p *Peer, err error) error {
+	if p != nil && p.ep != nil && p.ep.failed != 0 {
+		return fmt.Errorf("ucx: peer %s failed (%v): %w", p.name, Status(p.ep.failed), transceiver.ErrPeerFailed)
+	}
+	return err
+}
+
+// usable reports why p cannot take new operations; loop goroutine only.
+func (p *Peer) usable() error {
+	switch {
+	case p.closed:
+		return fmt.Errorf("ucx: peer %s: %w", p.name, transceiver.ErrClosed)
+	case p.broken != nil:
+		return fmt.Errorf("ucx: peer %s is unusable after %v: %w", p.name, p.broken, transceiver.ErrPeerFailed)
+	case p.ep.failed != 0:
+		return fmt.Errorf("ucx: peer %s failed (%v): %w", p.name, Status(p.ep.failed), transceiver.ErrPeerFailed)
+	}
+	return nil
+}
+
+// Name is the peer agent's name.
+func (p *Peer) Name() string { return p.name }
+
+// Write pushes blocks to the peer (ucp_put_nbx per coalesced run, then an
+// endpoint flush so the data is complete remotely).
+func (p *Peer) Write(ctx context.Context, t transceiver.Transfer) error {
+	return p.rma(ctx, t, true)
+}
+
+// Read pulls the peer's blocks (ucp_get_nbx per coalesced run).
+func (p *Peer) Read(ctx context.Context, t transceiver.Transfer) error {
+	return p.rma(ctx, t, false)
+}
+
+func (p *Peer) rma(ctx context.Context, t transceiver.Transfer, write bool) error {
+	a := p.a
+	a.mu.Lock()
+	registered, region := a.registered, a.region
+	a.mu.Unlock()
+	if !registered {
+		return transceiver.ErrNotRegistered
+	}
+	descs, err := transceiver.Plan(t, region, p.remote)
+	if err != nil {
+		return err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, a.cfg.TransferTimeout())
+		defer cancel()
+	}
+	memType := C.int(C.DXUCS_MEMORY_TYPE_HOST)
+	if region.Mem.Device() {
+		memType = C.DXUCS_MEMORY_TYPE_CUDA
+	}
+	what := "read"
+	if write {
+		what = "write"
+	}
+	base := region.Mem.Ptr()
+	return a.start(ctx, p, what, func(o *op) {
+		if err := p.usable(); err != nil {
+			o.err = err
+			return
+		}
+		for _, d := range descs {
+			a.posted++
+			if a.cfg.FaultEvery > 0 && a.posted%uint64(a.cfg.FaultEvery) == 0 {
+				o.err = fmt.Errorf("ucx: %s descriptor %d: %w", what, a.posted, transceiver.ErrInjected)
+				return // wait for what was posted, flush nothing
+			}
+			local := unsafe.Add(base, d.LocalOffset)
+			raddr := C.uint64_t(p.remote.Base + uint64(d.RemoteOffset))
+			var r unsafe.Pointer
+			if write {
+				r = C.dxu_put(p.ep, local, C.size_t(d.Len), raddr, p.rkey, memType)
+			} else {
+				r = C.dxu_get(p.ep, local, C.size_t(d.Len), raddr, p.rkey, memType)
+			}
+			o.add(r)
+			if o.err != nil {
+				o.err = a.peerErr(p, o.err)
+				return
+			}
+		}
+		if write {
+			o.add(C.dxu_ep_flush(p.ep))
+		}
+	})
+}
+
+// Notify sends n to the peer as an eager active message.
+func (p *Peer) Notify(ctx context.Context, n transceiver.Notification) error {
+	b, err := transceiver.EncodeNotification(n)
+	if err != nil {
+		return err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, p.a.cfg.TransferTimeout())
+		defer cancel()
+	}
+	buf := C.CBytes(b)
+	posted := false
+	err = p.a.start(ctx, p, "notify", func(o *op) {
+		posted = true
+		o.cleanup = func() { C.free(buf) }
+		if err := p.usable(); err != nil {
+			o.err = err
+			return
+		}
+		o.add(C.dxu_am_send(p.ep, amNotify, buf, C.size_t(len(b))))
+		if o.err != nil {
+			o.err = p.a.peerErr(p, o.err)
+		}
+	})
+	if !posted {
+		C.free(buf)
+	}
+	return err
+}
+
+// Close disconnects from the peer. It waits for UCX to close the endpoint.
+func (p *Peer) Close() error {
+	err := p.a.do(func() error {
+		if p.closed {
+			return nil
+		}
+		for _, o := range p.a.ops {
+			if o.peer == p {
+				return fmt.Errorf("ucx: peer %s has operations in flight", p.name)
+			}
+		}
+		p.a.closePeerNow(p)
+		return nil
+	})
+	if errors.Is(err, transceiver.ErrClosed) {
+		return nil // the agent's Close released it
+	}
+	return err
+}
+
+// deliver moves received notifications from the C queue to waiters;
+// loop goroutine only.
+func (a *Agent) deliver() bool {
+	got := false
+	for {
+		m := C.dxu_queue_pop(a.queue)
+		if m == nil {
+			break
+		}
+		got = true
+		b := C.GoBytes(C.dxu_msg_data(m), C.int(m.len))
+		C.free(unsafe.Pointer(m))
+		n, err := transceiver.DecodeNotification(b)
+		if err != nil {
+			a.log.Warn("ucx: dropping malformed notification", "err", err)
+			continue
+		}
+		a.mu.Lock()
+		if ch, ok := a.waiters[n.RequestID]; ok {
+			delete(a.waiters, n.RequestID)
+			ch <- n
+		} else if len(a.notes) < maxQueuedNotifications {
+			a.notes[n.RequestID] = n
+		} else {
+			a.log.Warn("ucx: too many unclaimed notifications, dropping", "request", n.RequestID)
+		}
+		a.mu.Unlock()
+	}
+	if d := uint64(a.queue.dropped); d != a.dropped {
+		a.log.Warn("ucx: notifications dropped in the receive handler", "count", d-a.dropped)
+		a.dropped = d
+	}
+	return got
+}
+
+// WaitNotification returns requestID's notification once it arrives.
+func (a *Agent) WaitNotification(ctx context.Context, requestID uint64) (transceiver.Notification, error) {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return transceiver.Notification{}, transceiver.ErrClosed
+	}
+	if n, ok := a.notes[requestID]; ok {
+		delete(a.notes, requestID)
+		a.mu.Unlock()
+		return n, nil
+	}
+	if _, dup := a.waiters[requestID]; dup {
+		a.mu.Unlock()
+		return transceiver.Notification{}, fmt.Errorf("ucx: request %d already has a waiter", requestID)
+	}
+	ch := make(chan transceiver.Notification, 1)
+	a.waiters[requestID] = ch
+	a.mu.Unlock()
+	select {
+	case n := <-ch:
+		return n, nil
+	case <-ctx.Done():
+	case <-a.loopDone:
+	}
+	a.mu.Lock()
+	if a.waiters[requestID] == ch {
+		delete(a.waiters, requestID)
+	}
+	a.mu.Unlock()
+	select {
+	case n := <-ch:
+		return n, nil
+	default:
+	}
+	if ctx.Err() == nil {
+		return transceiver.Notification{}, transceiver.ErrClosed
+	}
+	return transceiver.Notification{}, fmt.Errorf("ucx: waiting for request %d: %w", requestID, context.Cause(ctx))
+}
+
+// Close aborts operations in flight (waiting for UCX to release them),
+// closes every endpoint, unmaps the region and destroys the worker and
+// context. It is safe to call more than once.
+func (a *Agent) Close() error {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		<-a.loopDone
+		return nil
+	}
+	a.mu.Unlock()
+	err := a.do(func() error {
+		a.stopping = true
+		return nil
+	})
+	a.mu.Lock()
+	a.closed = true
+	a.mu.Unlock()
+	<-a.loopDone
+	a.closeWake()
+	if errors.Is(err, transceiver.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+// sleep blocks the loop until the worker has events, work is handed in,
+// or maxSleep passes; the worker must be armed. Loop goroutine only.
+func (a *Agent) sleep() {
+	a.wakeMu.RLock()
+	wfd := a.wakeFD
+	a.wakeMu.RUnlock()
+	fds := []unix.PollFd{{Fd: int32(a.efd), Events: unix.POLLIN}, {Fd: int32(wfd), Events: unix.POLLIN}}
+	if _, err := unix.Poll(fds, int(maxSleep/time.Millisecond)); err != nil && !errors.Is(err, unix.EINTR) {
+		a.log.Debug("ucx: poll", "err", err)
+	}
+	if fds[1].Revents&unix.POLLIN != 0 {
+		var buf [8]byte
+		_, _ = unix.Read(wfd, buf[:]) // drain; EAGAIN is fine
+	}
+}
+
+// wake makes a sleeping loop look at its work queue.
+func (a *Agent) wake() {
+	a.wakeMu.RLock()
+	defer a.wakeMu.RUnlock()
+	if a.wakeFD < 0 {
+		return
+	}
+	one := [8]byte{1}
+	_, _ = unix.Write(a.wakeFD, one[:]) // EAGAIN: a wakeup is pending already
+}
+
+func (a *Agent) closeWake() {
+	a.wakeMu.Lock()
+	defer a.wakeMu.Unlock()
+	if a.wakeFD >= 0 {
+		if err := unix.Close(a.wakeFD); err != nil {
+			a.log.Debug("ucx: close eventfd", "err", err)
+		}
+		a.wakeFD = -1
+	}
+}
