@@ -53,6 +53,11 @@ type Config struct {
 	Role string `yaml:"role"`
 	// APIKey, when set, is required as `Authorization: Bearer <key>`.
 	APIKey string `yaml:"api_key"`
+	// ClusterSecret is the HMAC key that signs encoded_opaque_state between
+	// context and generation workers; every worker of a cluster needs the
+	// same one. Empty: the environment variable WORKER_CLUSTER_SECRET,
+	// else a documented insecure default (with a warning at start).
+	ClusterSecret string `yaml:"cluster_secret"`
 	// MaxBodyBytes bounds request bodies (413 beyond).
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
 	// LogLevel is debug, info, warn or error.

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"disagg/transceiver"
 )
 
 func TestLoadTrtllmFile(t *testing.T) {
@@ -124,5 +126,28 @@ func TestShippedConfigsLoad(t *testing.T) {
 	}
 	if _, err := os.Stat("../../configs/disagg_config.yaml"); err != nil {
 		t.Logf("no disagg_config.yaml yet: %v", err)
+	}
+}
+
+// TestEnvTableCoversTransceiver keeps one table of environment variables:
+// every variable the transceiver reads is documented here.
+func TestEnvTableCoversTransceiver(t *testing.T) {
+	documented := map[string]bool{}
+	for _, e := range EnvVars {
+		documented[e.Name] = true
+	}
+	for name := range transceiver.EnvVars() {
+		if !documented[name] {
+			t.Errorf("transceiver reads %s, which config.EnvVars does not document", name)
+		}
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range EnvVars {
+		if !strings.Contains(string(readme), "`"+e.Name+"`") {
+			t.Errorf("README.md does not document %s", e.Name)
+		}
 	}
 }

@@ -14,11 +14,16 @@ type EnvVar struct {
 // EnvVars is the one table of environment variables (README mirrors it).
 var EnvVars = []EnvVar{
 	{"WORKER_API_KEY", "API key required as `Authorization: Bearer <key>` on /v1/* (same as --api-key)"},
+	{"WORKER_CLUSTER_SECRET", "HMAC key signing the KV transfer state between context and generation workers; the same on every worker (config key cluster_secret wins); unset: an insecure default, with a warning"},
 	{"WORKER_LOG_LEVEL", "log level: debug, info, warn, error (same as --log-level)"},
 	{"CUDA_VISIBLE_DEVICES", "which GPU a worker uses (one worker per GPU)"},
 	{"TRTLLM_NIXL_KVCACHE_BACKEND", "NIXL plugin for KV transfer: UCX (default) or LIBFABRIC; other values warn and use UCX"},
 	{"NIXL_PLUGINS_DIR", "folder of NIXL plugins (libplugin_UCX.so, ...)"},
 	{"NIXL_LIB_DIR", "folder holding libnixl_capi.so (default: the project virtualenv's nixl wheel)"},
+	{"DISAGG_UCX_LIB", "libucp to dlopen for the UCX backend (default libucp.so.0; point it at a CUDA-enabled UCX to move GPU memory)"},
+	{"DISAGG_UCX_WAKEUP", "0: the UCX progress loop naps on a timer instead of sleeping on the worker's event fd"},
+	{"DISAGG_UCX_ERR_MODE", "none: UCX endpoints without peer error handling (faster cma/cuda_ipc transports; a dead peer may hang a transfer)"},
+	{"UCX_*", "passed to UCX unchanged (UCX_TLS, UCX_NET_DEVICES, ...)"},
 }
 
 // EnvMap returns the documented variables that are set, for the start-up log.
@@ -26,7 +31,7 @@ func EnvMap() map[string]string {
 	out := map[string]string{}
 	for _, e := range EnvVars {
 		if v, ok := os.LookupEnv(e.Name); ok {
-			if e.Name == "WORKER_API_KEY" {
+			if e.Name == "WORKER_API_KEY" || e.Name == "WORKER_CLUSTER_SECRET" {
 				v = "(set)"
 			}
 			out[e.Name] = v
