@@ -117,6 +117,10 @@ type ChatCompletionRequest struct {
 	// AddGenerationPrompt (vLLM) ends the rendered prompt with the
 	// assistant's turn header; default true.
 	AddGenerationPrompt *bool `json:"add_generation_prompt,omitempty"`
+	// PromptTokenIDs (trtllm disaggregated) carries the context worker's
+	// tokenization of the rendered prompt to the generation worker, which
+	// then neither renders nor tokenizes again.
+	PromptTokenIDs []int32 `json:"prompt_token_ids,omitempty"`
 	// LogitBias: not supported (400 when not empty).
 	LogitBias map[string]float64 `json:"logit_bias,omitempty"`
 

@@ -51,6 +51,7 @@ func newApp() *cli.App {
 				Usage:  "print this machine's capabilities (CPU, GPUs, native libraries) as JSON",
 				Action: func(c *cli.Context) error { return probe.Print(c.Context, os.Stdout) },
 			},
+			disaggregatedCommand(),
 		},
 	}
 }
@@ -119,7 +120,7 @@ func resolve(c *cli.Context) (config.Config, []string, error) {
 
 func serve(c *cli.Context) error {
 	if c.NArg() > 0 {
-		return cli.Exit(fmt.Sprintf("unexpected argument %q (commands: probe; see --help)", c.Args().First()), 2)
+		return cli.Exit(fmt.Sprintf("unexpected argument %q (commands: probe, disaggregated; see --help)", c.Args().First()), 2)
 	}
 	cfg, warnings, err := resolve(c)
 	if err != nil {
@@ -141,4 +142,3 @@ func newLogger(level string) *slog.Logger {
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
 }
-

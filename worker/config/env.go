@@ -15,6 +15,7 @@ type EnvVar struct {
 var EnvVars = []EnvVar{
 	{"WORKER_API_KEY", "API key required as `Authorization: Bearer <key>` on /v1/* (same as --api-key)"},
 	{"WORKER_CLUSTER_SECRET", "HMAC key signing the KV transfer state between context and generation workers; the same on every worker (config key cluster_secret wins); unset: an insecure default, with a warning"},
+	{"DISAGG_API_KEY", "the proxy's API key (same as `worker disaggregated --api-key`); also sent to the workers"},
 	{"WORKER_LOG_LEVEL", "log level: debug, info, warn, error (same as --log-level)"},
 	{"CUDA_VISIBLE_DEVICES", "which GPU a worker uses (one worker per GPU)"},
 	{"TRTLLM_NIXL_KVCACHE_BACKEND", "NIXL plugin for KV transfer: UCX (default) or LIBFABRIC; other values warn and use UCX"},

@@ -1,0 +1,76 @@
+// Package proxy is the disaggregated serving front end started by `worker
+// disaggregated -c disagg_config.yaml [-m metadata_config.yaml]`, in the
+// manner of `trtllm-serve disaggregated`: an OpenAI HTTP API
+// (/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics)
+// that runs each request's prefill on a context server and its decode on a
+// generation server.
+//
+// # Request flow
+//
+//  1. The body is decoded into the typed api structs and checked (400/404
+//     before any worker is called). One prompt and n = 1 per request, as
+//     trtllm's disaggregated server requires.
+//  2. A context server (context_servers.router) gets the request with
+//     disaggregated_params {request_type: context_only, disagg_request_id},
+//     stream false and no stream_options; max_tokens is left as the client
+//     sent it (as current trtllm does; older trtllm sent 1).
+//  3. If the reply finishes the request — finish_reason "stop" on the first
+//     token, or max_tokens reached by first_gen_tokens — the client is
+//     answered from it (streamed or not) and no generation server is
+//     called. Otherwise its choices[0].disaggregated_params must carry
+//     first_gen_tokens.
+//  4. A generation server gets the client's request with those params
+//     (request_type generation_only, the same disagg_request_id) and the
+//     prompt's token ids from the context reply's prompt_token_ids: as the
+//     prompt of a completions request, as prompt_token_ids of a chat
+//     request (trtllm's field). The ids are passed on as raw JSON.
+//  5. Its answer is relayed: non-streamed JSON as it came unless usage
+//     lacks the prompt tokens or internal fields leaked (then re-encoded);
+//     streamed events as they came, re-encoded only where the proxy changes
+//     them. Usage counts the prompt tokens (the context reply's when the
+//     generation worker's lacks them).
+//
+// Both workers get the client's X-Request-Id (or a new one), so that their
+// answers carry the same id, and the configured API key as a Bearer token.
+//
+// # First token early (stream_first_token_from_context)
+//
+// For a streamed request with one choice and no logprobs, the proxy sends
+// the context reply's first token to the client as soon as it has it, before
+// the generation server answers. The generation worker's stream repeats that
+// token (its answer is the whole completion, as in trtllm, where the
+// generation phase output starts with first_gen_tokens); the proxy trims the
+// text already sent from the start of that stream — by text, not by chunk,
+// so a worker that merges or splits the first token's text is handled — and
+// drops the role delta it already sent. A chunk with another id than the
+// first chunk's is rewritten to carry it (SDK accumulators drop chunks of
+// another id). If the generation stream does not start with the sent text,
+// the rest after the common prefix is sent and a warning logged.
+//
+// # Reliability
+//
+// A server that refuses connections, breaks a connection before answering,
+// or answers 5xx is marked down; the request goes to another server of the
+// same role (max_retries times) as long as nothing of that phase reached the
+// client. A 4xx from a worker is the client's answer as the worker wrote it
+// (no retry). When the tries are spent the client gets an OpenAI error:
+// 502 for failed servers, 504 when request_timeout passed. A stream that fails after events were
+// sent ends with an error event and "data: [DONE]". Every server's /health
+// is probed every health_check_interval_sec; a server comes back up when it
+// answers 200. A client that goes away cancels the upstream calls (their
+// context is the client's). request_timeout bounds each request's upstream
+// work, a stream included (504 when exceeded before anything was sent).
+//
+// # Response headers
+//
+// X-Request-Id; X-Disagg-Context-Server and X-Disagg-Context-Ms (time to the
+// context reply); X-Disagg-Generation-Server and X-Disagg-Generation-Ms
+// (time to the generation server's answer; for a stream they are HTTP
+// trailers, with the time to the stream's end).
+//
+// # Discovery
+//
+// Static urls only. disagg_cluster and the metadata server file (-m) are
+// parsed and validated; dynamic discovery is not implemented yet
+// (disagg_cluster is refused with ErrNotImplemented; -m logs a warning).
+package proxy
