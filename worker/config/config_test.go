@@ -151,3 +151,16 @@ func TestEnvTableCoversTransceiver(t *testing.T) {
 		}
 	}
 }
+
+// TestREADMEDocumentsEveryKey: every config key appears in README.md.
+func TestREADMEDocumentsEveryKey(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range Keys() {
+		if !strings.Contains(string(readme), "`"+k+"`") {
+			t.Errorf("README.md does not document the config key %s", k)
+		}
+	}
+}
