@@ -5,7 +5,6 @@ import (
 	"errors"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -204,13 +203,11 @@ func TestRenderErrors(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Parse: %v", err)
 			}
-			start := time.Now()
+			// The bound is the step/output limit (ErrLimit), not a clock:
+			// timing assertions belong in benchmarks.
 			_, err = tmpl.Render([]Message{{Role: "user", Content: "hi"}}, RenderOptions{})
 			if err == nil {
 				t.Fatal("want an error")
-			}
-			if d := time.Since(start); d > 5*time.Second {
-				t.Errorf("took %v to fail", d)
 			}
 			if tc.is != nil && !errors.Is(err, tc.is) {
 				t.Errorf("error %v is not %v", err, tc.is)
@@ -308,7 +305,6 @@ func TestLargeTemplates(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			start := time.Now()
 			tmpl, err := Parse(tc.src)
 			if err == nil {
 				_, err = tmpl.Render(nil, RenderOptions{})
@@ -318,9 +314,6 @@ func TestLargeTemplates(t *testing.T) {
 			}
 			if errors.Is(err, errInternal) {
 				t.Errorf("internal error: %v", err)
-			}
-			if d := time.Since(start); d > 5*time.Second {
-				t.Errorf("took %v", d)
 			}
 		})
 	}
