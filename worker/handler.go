@@ -7,8 +7,12 @@ import (
 
 	"disagg/api"
 	"disagg/worker/chat"
+	roles "disagg/worker/disagg"
 	"disagg/worker/server"
 )
+
+// The roles plug into the server's seam.
+var _ server.Disaggregator = (*roles.Manager)(nil)
 
 // NewServer builds the OpenAI server over a loaded runtime, ready to serve.
 func NewServer(rt *Runtime, log *slog.Logger) *server.Server {
@@ -26,6 +30,10 @@ func NewServer(rt *Runtime, log *slog.Logger) *server.Server {
 			}
 		},
 		Logger: log,
+	}
+	if rt.Disagg != nil {
+		deps.Disagg = rt.Disagg
+		deps.Collectors = rt.Disagg.Collectors()
 	}
 	if rt.Chat != nil && rt.Chat.Template != nil {
 		deps.Chat = chatTemplate{rt.Chat}

@@ -5,6 +5,7 @@ package worker
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"io/fs"
@@ -13,13 +14,20 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/term"
 
 	"disagg"
+	"disagg/transceiver"
+	// The KV transceiver backends register themselves by name; each loads
+	// its native library only when chosen.
+	_ "disagg/transceiver/nixl"
+	_ "disagg/transceiver/ucx"
 	"disagg/worker/chat"
 	"disagg/worker/compute/cpu"
 	"disagg/worker/config"
+	roles "disagg/worker/disagg"
 	"disagg/worker/engine"
 	"disagg/worker/kvcache"
 	"disagg/worker/model"
@@ -37,6 +45,14 @@ type Runtime struct {
 	Backend   *cpu.Backend
 	Engine    *engine.Engine
 	MaxSeqLen int
+	// Transceiver moves KV between workers; nil when it could not be
+	// started (DisaggUnavailable says why).
+	Transceiver transceiver.Transceiver
+	// Disagg runs context_only and generation_only requests.
+	Disagg *roles.Manager
+	// DisaggUnavailable is why disaggregated requests are refused ("" when
+	// they are served).
+	DisaggUnavailable string
 }
 
 // Open loads the model named by cfg (or the embedded one) and starts its
@@ -121,12 +137,72 @@ func Open(cfg config.Config, log *slog.Logger) (*Runtime, error) {
 		return nil, err
 	}
 	rt.Engine.Start()
+	if err := rt.openDisagg(log); err != nil {
+		return nil, err
+	}
 	log.Info("model ready", "model", rt.ModelName, "backend", rt.Backend.Name(),
 		"layers", mc.NumLayers, "hidden", mc.HiddenSize, "vocab", mc.VocabSize,
 		"max_seq_len", rt.MaxSeqLen, "kv_blocks", blocks, "tokens_per_block", layout.TokensPerBlock,
 		"kv_bytes_per_token", layout.BytesPerToken())
 	ok = true
 	return rt, nil
+}
+
+// openDisagg starts the KV transceiver named by
+// cache_transceiver_config.backend, registers the pool with it, and makes
+// the disaggregated roles. A transceiver that cannot start (its native
+// library missing, say) is not fatal: the worker serves whole requests
+// and answers disaggregated ones with 503 naming what is missing.
+func (rt *Runtime) openDisagg(log *slog.Logger) error {
+	cfg := rt.Config
+	ct := cfg.CacheTransceiver
+	tr, err := transceiver.New(ct.Backend, transceiver.Config{
+		MaxTokensInBuffer:               ct.MaxTokensInBuffer,
+		KVTransferTimeoutMs:             ct.KVTransferTimeoutMS,
+		KVTransferSenderFutureTimeoutMs: ct.KVTransferSenderFutureTimeoutMS,
+		Logger:                          log,
+	})
+	if err == nil {
+		if err = tr.Register(transceiver.RegionOf(rt.Pool)); err != nil {
+			if cerr := tr.Close(); cerr != nil {
+				log.Warn("closing the KV transceiver", "err", cerr)
+			}
+			err = fmt.Errorf("registering the KV pool: %w", err)
+		}
+	}
+	if err != nil {
+		rt.DisaggUnavailable = fmt.Sprintf("the %s KV transceiver (cache_transceiver_config.backend) could not start: %v", ct.Backend, err)
+		lvl := slog.LevelWarn
+		if cfg.Role != config.RoleAggregated {
+			lvl = slog.LevelError
+		}
+		log.Log(context.Background(), lvl, "KV transceiver unavailable: context_only and generation_only requests will get 503",
+			"role", roleName(cfg.Role), "backend", ct.Backend, "err", err)
+	} else {
+		rt.Transceiver = tr
+		log.Info("KV transceiver ready", "backend", tr.Backend(), "configured", ct.Backend,
+			"kv_transfer_timeout_ms", ct.KVTransferTimeoutMS, "kv_transfer_sender_future_timeout_ms", ct.KVTransferSenderFutureTimeoutMS)
+	}
+	secret := cfg.ClusterSecret
+	if secret == "" {
+		secret = os.Getenv(roles.EnvSecret)
+	}
+	if secret == "" {
+		secret = roles.DefaultSecret
+		log.Warn("no cluster secret set (cluster_secret or "+roles.EnvSecret+"): KV transfer states are signed with the public default key, "+
+			"so anyone who can reach this worker can forge them; set the same secret on every worker", "role", roleName(cfg.Role))
+	}
+	rt.Disagg, err = roles.New(roles.Options{
+		Role:            cfg.Role,
+		Secret:          []byte(secret),
+		SenderTimeout:   time.Duration(ct.KVTransferSenderFutureTimeoutMS) * time.Millisecond,
+		TransferTimeout: time.Duration(ct.KVTransferTimeoutMS) * time.Millisecond,
+		Transceiver:     rt.Transceiver,
+		Unavailable:     rt.DisaggUnavailable,
+		KV:              rt.Engine,
+		Logger:          log,
+	})
+	return err
 }
 
 // poolBlocks sizes the host KV pool: kv_cache_config.max_tokens when set,
@@ -171,8 +247,14 @@ func parseMemAvailable(r io.Reader, fallback int64) int64 {
 // Close stops the engine and frees the pool, the backend and the weights.
 func (rt *Runtime) Close() error {
 	var errs []error
+	if rt.Disagg != nil {
+		errs = append(errs, rt.Disagg.Close())
+	}
 	if rt.Engine != nil {
 		errs = append(errs, rt.Engine.Close())
+	}
+	if rt.Transceiver != nil {
+		errs = append(errs, rt.Transceiver.Close())
 	}
 	if rt.Backend != nil {
 		errs = append(errs, rt.Backend.Close())

@@ -79,5 +79,8 @@ func redacted(c config.Config) config.Config {
 	if c.APIKey != "" {
 		c.APIKey = "(set)"
 	}
+	if c.ClusterSecret != "" {
+		c.ClusterSecret = "(set)"
+	}
 	return c
 }

@@ -3,6 +3,10 @@
 // as batch slots, token budget and KV blocks allow, chunking long prompts,
 // preempting (and later recomputing) the newest sequence when the KV pool
 // runs dry, and streaming each sampled token to its request's channel.
+//
+// For disaggregated serving a request can stop after its context phase
+// and hand its KV blocks to the caller (Request.ContextOnly), or start from
+// KV blocks and first tokens the caller brings (Request.Resume).
 package engine
 
 import (
@@ -209,11 +213,24 @@ func (e *Engine) Submit(ctx context.Context, r *Request) (<-chan Output, error) 
 		return nil, err
 	}
 	s := newSequence(ctx, r, maxTokens, e.cfg)
+	if r.Resume != nil {
+		if err := e.resume(s, r.Resume); err != nil {
+			return nil, err
+		}
+	}
 
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
 		return nil, ErrClosed
+	}
+	if r.Resume != nil {
+		// From here on the engine owns the blocks; the first tokens are
+		// reported before anything else.
+		s.blocks = slices.Clone(r.Resume.Blocks)
+		for _, tok := range r.Resume.FirstTokens {
+			s.out <- Output{Token: tok, HasToken: true}
+		}
 	}
 	e.waiting = append(e.waiting, s)
 	// Runs in its own goroutine once ctx is done, even if it already is.
@@ -268,6 +285,65 @@ func (e *Engine) check(r *Request) (int, error) {
 	}
 	return maxTokens, nil
 }
+
+// resume checks a Resume against s and the pool and sets s up to continue
+// after the first tokens: the prompt's KV counts as computed, the first
+// tokens as generated. It does not take the blocks yet (Submit does, once
+// nothing can fail).
+func (e *Engine) resume(s *sequence, rs *Resume) error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: request %s: %s", ErrInvalidRequest, s.id, fmt.Sprintf(format, args...))
+	}
+	if s.contextOnly {
+		return bad("a request cannot be both context-only and resumed")
+	}
+	if len(rs.FirstTokens) == 0 {
+		return bad("a resumed request needs at least one first generated token")
+	}
+	if need := e.pool.Layout().BlocksFor(s.promptLen); len(rs.Blocks) < need || len(rs.Blocks) > e.pool.NumBlocks() {
+		return bad("the prompt of %d tokens needs %d KV blocks, %d were given", s.promptLen, need, len(rs.Blocks))
+	}
+	seen := make(map[int32]struct{}, len(rs.Blocks))
+	for _, b := range rs.Blocks {
+		if !e.pool.InUse(b) {
+			return bad("KV block %d is not an allocated block of the pool", b)
+		}
+		if _, dup := seen[b]; dup {
+			return bad("KV block %d appears twice", b)
+		}
+		seen[b] = struct{}{}
+	}
+	for i, tok := range rs.FirstTokens {
+		if tok < 0 || int(tok) >= e.cfg.VocabSize {
+			return bad("first generated token %d is id %d, outside the vocabulary [0, %d)", i, tok, e.cfg.VocabSize)
+		}
+		s.tokens = append(s.tokens, tok)
+		if f := s.finishFor(tok, e.cfg.MaxSeqLen); f != FinishNone {
+			return bad("the first generated tokens already finish the request (%s)", f)
+		}
+	}
+	s.computed = s.promptLen
+	s.sampler.Skip(len(rs.FirstTokens))
+	return nil
+}
+
+// Wake makes an idle engine look again at its waiting sequences. Call it
+// after freeing blocks of the engine's pool outside the engine (FreeKV
+// does), so that a sequence waiting for blocks is admitted.
+func (e *Engine) Wake() { e.signal() }
+
+// FreeKV returns blocks the caller owns (a KVHandoff's, or blocks it
+// allocated itself) to the engine's pool and wakes the engine.
+func (e *Engine) FreeKV(blocks []int32) {
+	if len(blocks) == 0 {
+		return
+	}
+	e.pool.Free(blocks)
+	e.signal()
+}
+
+// Pool is the KV pool the engine schedules over.
+func (e *Engine) Pool() *kvcache.Pool { return e.pool }
 
 // signal wakes the loop if it is idle.
 func (e *Engine) signal() {

@@ -50,7 +50,11 @@ func (e *Engine) schedule() []work {
 			return plan
 		}
 		// Every running sequence is a prefill with no room to grow: make
-		// room by preempting the newest, or fail the last one standing.
+		// room from waiting sequences' blocks, else by preempting the
+		// newest, or fail the last one standing.
+		if e.reclaimLocked() {
+			continue
+		}
 		if len(e.running) > 1 {
 			e.preemptLocked(e.running[len(e.running)-1])
 		} else {
@@ -80,6 +84,9 @@ func (e *Engine) planLocked() []work {
 			continue
 		}
 		for e.reserveLocked(s, 1, 0) == 0 {
+			if e.reclaimLocked() {
+				continue
+			}
 			victim := e.running[len(e.running)-1]
 			if victim == s && len(e.running) == 1 {
 				e.failTooLongLocked(s)
@@ -119,6 +126,9 @@ func (e *Engine) planLocked() []work {
 		// boundary (and then thrash).
 		n := e.reserveLocked(s, min(s.pending(), budget), len(e.running))
 		if n == 0 {
+			if len(e.running) == 0 && e.reclaimLocked() {
+				continue
+			}
 			break // FIFO: nobody overtakes the head
 		}
 		e.waiting = slices.Delete(e.waiting, 0, 1)
@@ -165,6 +175,24 @@ func (e *Engine) preemptLocked(s *sequence) {
 	e.waiting = slices.Insert(e.waiting, 0, s)
 	e.stats.Preemptions++
 	e.log.Debug("sequence preempted", "id", s.id, "tokens", len(s.tokens), "free_blocks", e.pool.FreeBlocks())
+}
+
+// reclaimLocked frees the blocks of the newest waiting sequence that holds
+// some (a resumed sequence not admitted yet, which brought its KV): it
+// will recompute them when admitted. Without this, blocks held by waiting
+// sequences could starve the head of the queue, or fail a running
+// sequence as too long, with nothing running to free blocks. It reports
+// whether it freed any.
+func (e *Engine) reclaimLocked() bool {
+	for i := len(e.waiting) - 1; i >= 0; i-- {
+		if s := e.waiting[i]; len(s.blocks) > 0 {
+			e.releaseBlocks(s)
+			e.stats.Preemptions++
+			e.log.Debug("waiting sequence gave up its KV blocks", "id", s.id, "tokens", len(s.tokens), "free_blocks", e.pool.FreeBlocks())
+			return true
+		}
+	}
+	return false
 }
 
 // failTooLongLocked ends a sequence that cannot grow even with the whole pool.
@@ -300,6 +328,14 @@ func (e *Engine) step(plan []work) {
 		case res.out.Finish != FinishNone:
 			e.stats.GeneratedTokens++
 			e.finishLocked(res.s, res.out)
+		case res.s.contextOnly:
+			// The context phase is done: hand the prompt's KV over.
+			e.stats.GeneratedTokens++
+			out := res.out
+			out.Finish = FinishContextDone
+			out.KV = &KVHandoff{Blocks: res.s.blocks, Tokens: res.s.computed}
+			res.s.blocks = nil
+			e.finishLocked(res.s, out)
 		default:
 			e.stats.GeneratedTokens++
 			res.s.out <- res.out // buffered for every Output: never blocks

@@ -12,7 +12,7 @@ import (
 type seqState uint8
 
 const (
-	stateWaiting seqState = iota // in e.waiting; holds no blocks
+	stateWaiting seqState = iota // in e.waiting; holds no blocks, unless resumed with KV it brought
 	stateRunning                 // in e.running; may hold blocks
 	stateDone                    // ended; its channel is closed
 )
@@ -41,6 +41,8 @@ type sequence struct {
 	// minMask is what the sampler bans while fewer than minTokens exist:
 	// stop ids, and EOS ids unless ignoreEOS.
 	minMask []int32
+	// contextOnly: hand the blocks over after the first sampled token.
+	contextOnly bool
 
 	blocks   []int32 // block table
 	computed int     // tokens whose KV is in blocks
@@ -51,18 +53,19 @@ type sequence struct {
 // newSequence makes the state of a validated request.
 func newSequence(ctx context.Context, r *Request, maxTokens int, cfg Config) *sequence {
 	s := &sequence{
-		id:        r.ID,
-		ctx:       ctx,
-		out:       make(chan Output, maxTokens+2),
-		sampler:   sampling.NewSampler(r.Sampling, cfg.VocabSize),
-		tokens:    make([]int32, len(r.Prompt), len(r.Prompt)+maxTokens),
-		promptLen: len(r.Prompt),
-		maxTokens: maxTokens,
-		minTokens: r.MinTokens,
-		ignoreEOS: r.IgnoreEOS,
-		stopIDs:   slices.Clone(r.StopTokenIDs),
-		eosIDs:    cfg.EOSTokenIDs,
-		state:     stateWaiting,
+		id:          r.ID,
+		ctx:         ctx,
+		out:         make(chan Output, maxTokens+2),
+		sampler:     sampling.NewSampler(r.Sampling, cfg.VocabSize),
+		tokens:      make([]int32, len(r.Prompt), len(r.Prompt)+maxTokens),
+		promptLen:   len(r.Prompt),
+		maxTokens:   maxTokens,
+		minTokens:   r.MinTokens,
+		ignoreEOS:   r.IgnoreEOS,
+		stopIDs:     slices.Clone(r.StopTokenIDs),
+		eosIDs:      cfg.EOSTokenIDs,
+		state:       stateWaiting,
+		contextOnly: r.ContextOnly,
 	}
 	copy(s.tokens, r.Prompt)
 	if s.minTokens > 0 {

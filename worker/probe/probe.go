@@ -189,4 +189,3 @@ func memInfo() Memory {
 	}
 	return m
 }
-

@@ -65,6 +65,19 @@ func NewSampler(p Params, vocab int) *Sampler {
 	return &Sampler{p: p, vocab: vocab, rng: rand.New(src)}
 }
 
+// Skip advances the random source as n calls of Sample would that each
+// drew from it (temperature above 0 and candidates left), so that a
+// sequence resumed elsewhere after n sampled tokens continues the same
+// seeded stream. Greedy samplers draw nothing, and Skip does nothing.
+func (s *Sampler) Skip(n int) {
+	if s.p.Temperature < greedyEps {
+		return
+	}
+	for i := 0; i < n; i++ {
+		s.rng.Float64()
+	}
+}
+
 // Params returns the sampler's parameters.
 func (s *Sampler) Params() Params { return s.p }
 

@@ -433,3 +433,36 @@ func BenchmarkSample(b *testing.B) {
 		})
 	}
 }
+
+// TestSkip: Skip(n) leaves a seeded sampler where n random samples would,
+// so a sequence resumed after n tokens continues the same stream.
+func TestSkip(t *testing.T) {
+	p := Params{Temperature: 0.9, TopP: 0.95, RepetitionPenalty: 1, Seed: 99, HasSeed: true, Logprobs: -1}
+	row := func(i int) []float32 {
+		r := make([]float32, 50)
+		for j := range r {
+			r[j] = float32((i*31+j*17)%23) / 7
+		}
+		return r
+	}
+	a, b := NewSampler(p, 50), NewSampler(p, 50)
+	for i := 0; i < 3; i++ {
+		if _, _, err := a.Sample(row(i), nil, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.Skip(3)
+	for i := 3; i < 10; i++ {
+		ta, _, err := a.Sample(row(i), nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tb, _, err := b.Sample(row(i), nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ta != tb {
+			t.Fatalf("step %d: %d after sampling, %d after Skip", i, ta, tb)
+		}
+	}
+}

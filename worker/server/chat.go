@@ -8,6 +8,15 @@ import (
 	"disagg/api"
 )
 
+// chatRequest is a chat request body with trtllm's prompt_token_ids, which
+// a generation_only request carries from the context worker's reply so
+// that the messages are not rendered and tokenized again.
+type chatRequest struct {
+	api.ChatCompletionRequest
+	// PromptTokenIDs are the rendered prompt's token ids.
+	PromptTokenIDs []int32 `json:"prompt_token_ids,omitempty"`
+}
+
 // handleChat answers POST /v1/chat/completions: the messages are rendered
 // with the model's chat template (ending with the assistant's turn header)
 // and tokenized without adding special tokens again, as vLLM does: the
@@ -17,11 +26,12 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	id := requestID(r, "chatcmpl-")
 	w.Header().Set("X-Request-Id", id)
 
-	var req api.ChatCompletionRequest
-	if e := s.decodeBody(w, r, &req); e != nil {
+	var body chatRequest
+	if e := s.decodeBody(w, r, &body); e != nil {
 		s.writeError(w, e)
 		return
 	}
+	req := body.ChatCompletionRequest
 	if e := s.checkModel(req.Model); e != nil {
 		s.writeError(w, e)
 		return
@@ -35,16 +45,26 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 			"The model %q has no chat template (tokenizer_config.json has no chat_template); use /v1/completions.", s.opts.ModelName))
 		return
 	}
-	text, err := s.deps.Chat.Render(req.Messages, req.WantsGenerationPrompt())
-	if err != nil {
-		s.writeError(w, api.InvalidRequest("messages", "Could not apply the chat template: %v.", err))
-		return
-	}
-	add := req.AddSpecialTokens != nil && *req.AddSpecialTokens
-	prompt, err := s.deps.Tokenizer.Encode(text, add)
-	if err != nil {
-		s.writeError(w, api.InvalidRequest("messages", "Could not tokenize the rendered messages: %v.", err))
-		return
+	phase := disaggPhase(req.DisaggregatedParams)
+	var prompt []int32
+	if phase == api.RequestGenerationOnly && len(body.PromptTokenIDs) > 0 {
+		// The context worker rendered and tokenized the messages already.
+		if e := s.checkTokens(body.PromptTokenIDs, "prompt_token_ids"); e != nil {
+			s.writeError(w, e)
+			return
+		}
+		prompt = body.PromptTokenIDs
+	} else {
+		text, err := s.deps.Chat.Render(req.Messages, req.WantsGenerationPrompt())
+		if err != nil {
+			s.writeError(w, api.InvalidRequest("messages", "Could not apply the chat template: %v.", err))
+			return
+		}
+		add := req.AddSpecialTokens != nil && *req.AddSpecialTokens
+		if prompt, err = s.deps.Tokenizer.Encode(text, add); err != nil {
+			s.writeError(w, api.InvalidRequest("messages", "Could not tokenize the rendered messages: %v.", err))
+			return
+		}
 	}
 	if len(prompt) == 0 {
 		s.writeError(w, api.InvalidRequest("messages", "The rendered messages tokenize to no tokens."))
@@ -67,10 +87,24 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	prompts := [][]int32{prompt}
+	if e := s.checkDisagg(phase, 1, req.Choices()); e != nil {
+		s.writeError(w, e)
+		return
+	}
 	j, e := s.newJob(id, start, prompts, &req.SamplingOptions, maxTokens, logprobs)
 	if e != nil {
 		s.writeError(w, e)
 		return
+	}
+	switch phase {
+	case api.RequestContextOnly:
+		s.serveContext(w, r, j, req.DisaggregatedParams, true)
+		return
+	case api.RequestGenerationOnly:
+		if j.resume, e = s.deps.Disagg.Fetch(r.Context(), req.DisaggregatedParams, prompt); e != nil {
+			s.writeError(w, e)
+			return
+		}
 	}
 	events, cancel, e := s.run(r.Context(), j)
 	if e != nil {

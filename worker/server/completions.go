@@ -51,10 +51,25 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 	if req.Logprobs != nil {
 		logprobs = *req.Logprobs
 	}
+	phase := disaggPhase(req.DisaggregatedParams)
+	if e := s.checkDisagg(phase, len(prompts), req.Choices()); e != nil {
+		s.writeError(w, e)
+		return
+	}
 	j, e := s.newJob(id, start, prompts, &req.SamplingOptions, maxTokens, logprobs)
 	if e != nil {
 		s.writeError(w, e)
 		return
+	}
+	switch phase {
+	case api.RequestContextOnly:
+		s.serveContext(w, r, j, req.DisaggregatedParams, false)
+		return
+	case api.RequestGenerationOnly:
+		if j.resume, e = s.deps.Disagg.Fetch(r.Context(), req.DisaggregatedParams, prompts[0]); e != nil {
+			s.writeError(w, e)
+			return
+		}
 	}
 	events, cancel, e := s.run(r.Context(), j)
 	if e != nil {

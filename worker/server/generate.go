@@ -24,6 +24,9 @@ type job struct {
 	stops    []string
 	skip     bool // skip special tokens when detokenizing
 	logprobs bool // report logprobs
+	// resume is the KV a generation_only request brought (one sequence);
+	// the job owns its blocks until the engine accepts them.
+	resume *engine.Resume
 }
 
 // tokenInfo is one generated token, for logprobs.
@@ -68,9 +71,13 @@ func (s *Server) run(ctx context.Context, j *job) (<-chan event, context.CancelF
 			if r.Sampling.HasSeed {
 				r.Sampling.Seed += int64(c)
 			}
+			r.Resume = j.resume
 			sctx, scancel := context.WithCancel(ctx)
 			ch, err := s.deps.Generator.Submit(sctx, &r)
 			if err != nil {
+				if j.resume != nil && s.deps.Disagg != nil {
+					s.deps.Disagg.Free(j.resume.Blocks)
+				}
 				scancel()
 				cancel()
 				for _, st := range seqs {

@@ -21,7 +21,7 @@ import (
 //	worker_num_requests_waiting                  gauge: sequences queued (engine; the queue length)
 //	worker_kv_blocks_used, worker_kv_blocks_free gauge: the KV pool's blocks (engine)
 //
-// plus the Go runtime and process collectors.
+// plus the Go runtime and process collectors, and Deps.Collectors.
 type metrics struct {
 	reg        *prometheus.Registry
 	requests   *prometheus.CounterVec
@@ -33,7 +33,7 @@ type metrics struct {
 	e2e        prometheus.Histogram
 }
 
-func newMetrics(stats func() EngineStats) *metrics {
+func newMetrics(stats func() EngineStats, extra ...prometheus.Collector) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -63,6 +63,7 @@ func newMetrics(stats func() EngineStats) *metrics {
 	}
 	m.reg.MustRegister(m.requests, m.inFlight, m.promptToks, m.genToks, m.ttft, m.itl, m.e2e,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.reg.MustRegister(extra...)
 	gauge := func(name, help string, get func(EngineStats) int) {
 		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 {
 			if stats == nil {

@@ -3,7 +3,11 @@
 // server-sent events), GET /v1/models, /health and /metrics. It turns each
 // OpenAI request into engine requests (one per prompt and choice), detokenizes
 // the engine's tokens incrementally, cuts the text at stop strings, and
-// answers in the OpenAI shapes of package api, errors included.
+// answers in the OpenAI shapes of package api, errors included. Requests
+// whose disaggregated_params.request_type is context_only or
+// generation_only go through the Disaggregator seam (package
+// worker/disagg): the context phase answers with the first token and the
+// transfer state, the generation phase starts from the transferred KV.
 //
 // It consumes the engine, the tokenizer and the chat template through the
 // small interfaces below, so that tests can put fakes at those seams.
@@ -23,6 +27,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"disagg/api"
 	"disagg/worker/engine"
@@ -103,6 +109,11 @@ type Deps struct {
 	Stats func() EngineStats
 	// Logger logs server errors; nil: slog.Default().
 	Logger *slog.Logger
+	// Disagg runs context_only and generation_only requests; nil: they
+	// get 503.
+	Disagg Disaggregator
+	// Collectors are more metrics for /metrics (the transfer metrics).
+	Collectors []prometheus.Collector
 }
 
 // Server answers OpenAI requests with one model.
@@ -135,7 +146,7 @@ func New(opts Options, deps Deps) *Server {
 		tok := deps.Tokenizer
 		s.deps.NewStreamDecoder = func(skip bool) StreamDecoder { return newDecodeStream(tok, skip) }
 	}
-	s.metrics = newMetrics(deps.Stats)
+	s.metrics = newMetrics(deps.Stats, deps.Collectors...)
 	s.handler = s.routes()
 	return s
 }
