@@ -23,7 +23,7 @@ build: ## build bin/worker (CPU backend; cgo for dlopen of native libraries)
 	$(GO) build -o $(BIN)/worker ./cmd/worker
 
 .PHONY: run
-run: build ## local disaggregated cluster on the embedded model (2 context, 1 generation worker, proxy on $(HOST):$(PORT)); shows requests answered, serves until Ctrl-C
+run: build native ## local disaggregated cluster on the embedded model (2 context, 1 generation worker, proxy on $(HOST):$(PORT)); shows requests answered, serves until Ctrl-C
 	@scripts/run-local.sh $(BIN)/worker $(HOST) $(PORT)
 
 .PHONY: setup

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -40,8 +42,26 @@ var listenRE = regexp.MustCompile(`msg=ready addr=(\S+)`)
 // startWorker runs the real binary on port 0 and waits until it is ready.
 func startWorker(t *testing.T, exe string, args ...string) string {
 	t.Helper()
+	return startProcess(t, exe, nil, listenRE, nil, append([]string{"--host", "127.0.0.1", "--port", "0"}, args...)...).URL
+}
+
+// proc is a process started by startProcess.
+type proc struct {
+	URL string
+	Cmd *exec.Cmd
+}
+
+// startProcess runs exe with args (and env added to the environment) and
+// waits until its stderr has matched addrRE (whose first group is the
+// listening address) and then readyRE (nil: addrRE is enough). Cleanup
+// resumes it if stopped, interrupts it, and kills it after 10 s.
+func startProcess(t *testing.T, exe string, env []string, addrRE, readyRE *regexp.Regexp, args ...string) *proc {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, exe, append([]string{"--host", "127.0.0.1", "--port", "0"}, args...)...)
+	cmd := exec.CommandContext(ctx, exe, args...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -49,7 +69,12 @@ func startWorker(t *testing.T, exe string, args ...string) string {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	var (
+		logMu sync.Mutex
+		tail  []string // the last lines of stderr, shown when the test failed
+	)
 	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGCONT)
 		_ = cmd.Process.Signal(os.Interrupt)
 		done := make(chan struct{})
 		go func() { _ = cmd.Wait(); close(done) }()
@@ -57,26 +82,57 @@ func startWorker(t *testing.T, exe string, args ...string) string {
 		case <-done:
 		case <-time.After(10 * time.Second):
 			cancel()
-			t.Error("worker did not exit within 10s of SIGINT")
+			t.Errorf("%s did not exit within 10s of SIGINT", filepath.Base(exe))
 		}
 		cancel()
+		if t.Failed() {
+			logMu.Lock()
+			t.Logf("%s %v: last lines of stderr:\n%s", filepath.Base(exe), args, strings.Join(tail, "\n"))
+			logMu.Unlock()
+		}
 	})
 	addr := make(chan string, 1)
+	ready := make(chan struct{})
 	go func() {
 		s := bufio.NewScanner(stderr)
+		s.Buffer(make([]byte, 64<<10), 1<<20)
+		got := ""
 		for s.Scan() {
-			if m := listenRE.FindStringSubmatch(s.Text()); m != nil {
-				addr <- m[1]
+			line := s.Text()
+			logMu.Lock()
+			if tail = append(tail, line); len(tail) > 40 {
+				tail = tail[1:]
+			}
+			logMu.Unlock()
+			if got == "" {
+				if m := addrRE.FindStringSubmatch(line); m != nil {
+					got = m[1]
+					addr <- got
+				}
+			}
+			if got != "" && readyRE != nil && readyRE.MatchString(line) {
+				close(ready)
+				readyRE = nil
 			}
 		}
+		_, _ = io.Copy(io.Discard, stderr) // keep draining after a long line
 	}()
-	select {
-	case a := <-addr:
-		return "http://" + a
-	case <-time.After(60 * time.Second):
-		t.Fatal("worker not ready within 60s")
+	if readyRE == nil {
+		close(ready)
 	}
-	return ""
+	deadline := time.After(60 * time.Second)
+	var a string
+	select {
+	case a = <-addr:
+	case <-deadline:
+		t.Fatalf("%s %v: no address logged within 60s", filepath.Base(exe), args)
+	}
+	select {
+	case <-ready:
+	case <-deadline:
+		t.Fatalf("%s %v: not ready within 60s", filepath.Base(exe), args)
+	}
+	return &proc{URL: "http://" + a, Cmd: cmd}
 }
 
 func TestWorkerServesEmbeddedModel(t *testing.T) {
