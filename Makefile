@@ -66,6 +66,11 @@ fixtures: ## regenerate testdata/ with Hugging Face transformers (needs ~4 GB of
 	.venv-fixtures/bin/pip install -q -r scripts/requirements-fixtures.txt
 	.venv-fixtures/bin/python scripts/make_fixtures.py
 
+.PHONY: cuda
+cuda: ## CUDA backend: kernels for sm_90 (cuda/build/libdcu.a), bin/worker-cuda and cuda/build/cuda.test (CUDA 13.0 wheels into .venv-cuda when no system CUDA)
+	@test -x .venv-cuda/bin/python || command -v nvcc >/dev/null || scripts/cuda/setup.sh
+	scripts/cuda/build.sh test
+
 .PHONY: bench-model
 bench-model: ## CPU backend micro-benchmarks (tiny model)
 	$(GO) test -run='^$$' -bench=. -benchtime=2s ./worker/compute/cpu/

@@ -1,0 +1,1729 @@
+// dcu.cu: the CUDA kernels and the step driver of the Go CUDA backend.
+//
+// Storage is bf16 (weights, KV pool); arithmetic accumulates in fp32. The
+// residual stream stays fp32 across the layers, GEMM outputs are fp32 (the
+// O and Down projections accumulate straight into the residual with beta=1,
+// which is the residual add fused into the GEMM), and the inputs of every
+// GEMM are bf16. GEMMs go through cublasGemmEx (bf16 in, fp32 compute).
+//
+// KV pool layout (kvcache.Layout): [block][layer][k=0,v=1][token in block]
+// [kv head][head dim], bf16.
+
+#include "dcu.h"
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <vector>
+
+// ---------------------------------------------------------------------------
+// Status handling
+
+static void set_status(dcu_status *st, int kind, int code, const char *name, const char *fmt, ...) {
+	if (!st) return;
+	st->kind = kind;
+	st->code = code;
+	snprintf(st->name, sizeof st->name, "%s", name);
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(st->msg, sizeof st->msg, fmt, ap);
+	va_end(ap);
+}
+
+static const char *cublas_name(cublasStatus_t s) {
+	switch (s) {
+	case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+	case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+	case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+	case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+	case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+	case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+	case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+	case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+	case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+	case CUBLAS_STATUS_LICENSE_ERROR: return "CUBLAS_STATUS_LICENSE_ERROR";
+	default: return "CUBLAS_STATUS_UNKNOWN";
+	}
+}
+
+#define CK(call)                                                                              \
+	do {                                                                                      \
+		cudaError_t e_ = (call);                                                              \
+		if (e_ != cudaSuccess) {                                                              \
+			set_status(st, DCU_ERR_CUDA, (int)e_, cudaGetErrorName(e_), "%s (%s at %s:%d)", \
+			           cudaGetErrorString(e_), #call, __FILE__, __LINE__);                    \
+			return 0;                                                                         \
+		}                                                                                     \
+	} while (0)
+
+#define CKB(call)                                                                                  \
+	do {                                                                                           \
+		cublasStatus_t s_ = (call);                                                                \
+		if (s_ != CUBLAS_STATUS_SUCCESS) {                                                         \
+			set_status(st, DCU_ERR_CUBLAS, (int)s_, cublas_name(s_), "%s (%s at %s:%d)",          \
+			           cublasGetStatusString(s_), #call, __FILE__, __LINE__);                      \
+			return 0;                                                                              \
+		}                                                                                          \
+	} while (0)
+
+#define CKL() CK(cudaGetLastError())
+
+#define INVALID(...)                                                          \
+	do {                                                                      \
+		set_status(st, DCU_ERR_INVALID, 0, "dcuInvalidArgument", __VA_ARGS__); \
+		return 0;                                                             \
+	} while (0)
+
+// ---------------------------------------------------------------------------
+// Kernels
+
+__device__ __forceinline__ float warp_sum(float v) {
+	for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+	return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+	for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+	return v;
+}
+
+// Block-wide sum; blockDim.x a multiple of 32, at most 1024.
+__device__ float block_sum(float v) {
+	__shared__ float red[32];
+	int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+	v = warp_sum(v);
+	__syncthreads();
+	if (lane == 0) red[w] = v;
+	__syncthreads();
+	int nw = blockDim.x >> 5;
+	v = (threadIdx.x < nw) ? red[threadIdx.x] : 0.f;
+	if (w == 0) v = warp_sum(v);
+	if (threadIdx.x == 0) red[0] = v;
+	__syncthreads();
+	return red[0];
+}
+
+// x[t][:] = embed[tokens[t]][:]
+__global__ void embed_kernel(const int32_t *__restrict__ tokens, const __nv_bfloat16 *__restrict__ emb,
+                             float *__restrict__ x, int H) {
+	int t = blockIdx.x;
+	const __nv_bfloat16 *row = emb + (size_t)tokens[t] * H;
+	float *out = x + (size_t)t * H;
+	for (int i = threadIdx.x; i < H; i += blockDim.x) out[i] = __bfloat162float(row[i]);
+}
+
+// out[r][:] = bf16(x[src][:] * rsqrt(mean(x^2) + eps) * w), src = rows ? rows[r] : r.
+__global__ void rmsnorm_kernel(const float *__restrict__ x, const int32_t *__restrict__ rows,
+                               const __nv_bfloat16 *__restrict__ w, __nv_bfloat16 *__restrict__ out, int H,
+                               float eps) {
+	int r = blockIdx.x;
+	int src = rows ? rows[r] : r;
+	const float *xr = x + (size_t)src * H;
+	float ss = 0.f;
+	for (int i = threadIdx.x; i < H; i += blockDim.x) ss += xr[i] * xr[i];
+	ss = block_sum(ss);
+	float inv = rsqrtf(ss / (float)H + eps);
+	__nv_bfloat16 *o = out + (size_t)r * H;
+	for (int i = threadIdx.x; i < H; i += blockDim.x) o[i] = __float2bfloat16(xr[i] * inv * __bfloat162float(w[i]));
+}
+
+// RoPE (rotate_half) on q and k of qkv [T][(nh+2nkv)*D] (fp32); q goes to
+// q_out [T][nh][D] (fp32), the rotated k and v are appended to the KV pool
+// (bf16) at slot[t]. kv_layer points at block 0's plane of this layer
+// (base + layer*2*plane); block_stride is the element stride between blocks.
+__global__ void rope_kv_kernel(const float *__restrict__ qkv, const int32_t *__restrict__ pos,
+                               const int32_t *__restrict__ slot, const float *__restrict__ inv_freq,
+                               float *__restrict__ q_out, __nv_bfloat16 *__restrict__ kv_layer,
+                               size_t block_stride, int nh, int nkv, int D, int tpb) {
+	int t = blockIdx.x;
+	int half = D / 2;
+	const float *row = qkv + (size_t)t * (nh + 2 * nkv) * D;
+	float p = (float)pos[t];
+	int s = slot[t];
+	size_t plane = (size_t)tpb * nkv * D;
+	__nv_bfloat16 *kdst = kv_layer + (size_t)(s / tpb) * block_stride + (size_t)(s % tpb) * nkv * D;
+	__nv_bfloat16 *vdst = kdst + plane;
+	int nrot = (nh + nkv) * half;
+	for (int i = threadIdx.x; i < nrot; i += blockDim.x) {
+		int h = i / half, j = i % half;
+		float sn, cs;
+		sincosf(p * inv_freq[j], &sn, &cs);
+		const float *v = row + (size_t)h * D;
+		float x1 = v[j], x2 = v[j + half];
+		float o1 = x1 * cs - x2 * sn, o2 = x2 * cs + x1 * sn;
+		if (h < nh) {
+			float *q = q_out + ((size_t)t * nh + h) * D;
+			q[j] = o1;
+			q[j + half] = o2;
+		} else {
+			__nv_bfloat16 *k = kdst + (size_t)(h - nh) * D;
+			k[j] = __float2bfloat16(o1);
+			k[j + half] = __float2bfloat16(o2);
+		}
+	}
+	const float *vsrc = row + (size_t)(nh + nkv) * D;
+	for (int i = threadIdx.x; i < nkv * D; i += blockDim.x) vdst[i] = __float2bfloat16(vsrc[i]);
+}
+
+#define ATT_CHUNK 32
+#define ATT_MAXD 8 // head_dim <= 256
+
+// Split (flash-decoding style) paged attention. Grid (T, nkv, nsplit); one
+// warp per query head of the kv head's group (blockDim = 32*G). Split s
+// covers keys [s*P, min((s+1)*P, pos+1)) of the token's sequence (causal).
+// Writes unnormalized partial sums: pacc [T][nh][nsplit][D], pm and pl
+// [T][nh][nsplit].
+__global__ void attn_split_kernel(const float *__restrict__ q, const int32_t *__restrict__ pos,
+                                  const int32_t *__restrict__ btoff, const int32_t *__restrict__ tables,
+                                  const __nv_bfloat16 *__restrict__ kv_layer, size_t block_stride, int nh,
+                                  int nkv, int D, int tpb, int P, int nsplit, float scale,
+                                  float *__restrict__ pacc, float *__restrict__ pm, float *__restrict__ pl) {
+	extern __shared__ float sm[];
+	int t = blockIdx.x, kvh = blockIdx.y, s = blockIdx.z;
+	int G = nh / nkv;
+	int ctx = pos[t] + 1;
+	int k0 = s * P;
+	if (k0 >= ctx) return;
+	int k1 = min(k0 + P, ctx);
+	int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	int h = kvh * G + warp;
+	int KS = D + 1; // padded K row stride
+	float *qs = sm;                        // [G][D]
+	float *ks = qs + G * D;                // [32][D+1]
+	float *vs = ks + ATT_CHUNK * KS;       // [32][D]
+	for (int i = threadIdx.x; i < G * D; i += blockDim.x)
+		qs[i] = q[((size_t)t * nh + kvh * G) * D + i] * scale;
+	const int32_t *bt = tables + btoff[t];
+	size_t plane = (size_t)tpb * nkv * D;
+	float m = -INFINITY, l = 0.f;
+	float acc[ATT_MAXD];
+#pragma unroll
+	for (int i = 0; i < ATT_MAXD; i++) acc[i] = 0.f;
+	for (int c0 = k0; c0 < k1; c0 += ATT_CHUNK) {
+		int n = min(ATT_CHUNK, k1 - c0);
+		__syncthreads();
+		for (int i = threadIdx.x; i < n * D; i += blockDim.x) {
+			int j = i / D, d = i % D;
+			int key = c0 + j;
+			const __nv_bfloat16 *kp = kv_layer + (size_t)bt[key / tpb] * block_stride +
+			                          (size_t)(key % tpb) * nkv * D + (size_t)kvh * D + d;
+			ks[j * KS + d] = __bfloat162float(kp[0]);
+			vs[j * D + d] = __bfloat162float(kp[plane]);
+		}
+		__syncthreads();
+		float sc = -INFINITY;
+		if (lane < n) {
+			const float *qh = qs + warp * D;
+			const float *kr = ks + lane * KS;
+			float a = 0.f;
+			for (int d = 0; d < D; d++) a += qh[d] * kr[d];
+			sc = a;
+		}
+		float cm = warp_max(sc);
+		float mn = fmaxf(m, cm);
+		float p = (lane < n) ? __expf(sc - mn) : 0.f;
+		float corr = __expf(m - mn); // m = -inf on the first chunk: corr = 0
+		l = l * corr + warp_sum(p);
+		m = mn;
+#pragma unroll
+		for (int i = 0; i < ATT_MAXD; i++) acc[i] *= corr;
+		for (int j = 0; j < n; j++) {
+			float pj = __shfl_sync(0xffffffffu, p, j);
+			const float *vr = vs + j * D;
+#pragma unroll
+			for (int i = 0; i < ATT_MAXD; i++) {
+				int d = lane + 32 * i;
+				if (d < D) acc[i] += pj * vr[d];
+			}
+		}
+	}
+	size_t base = ((size_t)t * nh + h) * nsplit + s;
+	float *pa = pacc + base * D;
+#pragma unroll
+	for (int i = 0; i < ATT_MAXD; i++) {
+		int d = lane + 32 * i;
+		if (d < D) pa[d] = acc[i];
+	}
+	if (lane == 0) {
+		pm[base] = m;
+		pl[base] = l;
+	}
+}
+
+
+// Tiled variant for head dims that are a multiple of 8: a block serves QT
+// consecutive query tokens of one sequence (a tile) for one kv head and one
+// split, so that each K/V chunk is loaded once (16-byte loads) for QT tokens
+// and the G query heads of the group. Grid (tiles, nkv, nsplit), one warp
+// per query head. Keys are causal per token: key <= pos[token].
+template <int D, int QT>
+__global__ void __launch_bounds__(256, QT == 1 ? 4 : 2) attn_tile_kernel(const float *__restrict__ q, const int32_t *__restrict__ pos,
+                                 const int32_t *__restrict__ btoff, const int32_t *__restrict__ tables,
+                                 const int32_t *__restrict__ tile_first, const int32_t *__restrict__ tile_len,
+                                 const __nv_bfloat16 *__restrict__ kv_layer, size_t block_stride, int nh, int nkv,
+                                 int tpb, int P, int nsplit, float scale, float *__restrict__ pacc,
+                                 float *__restrict__ pm, float *__restrict__ pl) {
+	constexpr int NDL = (D + 31) / 32;
+	constexpr int KS = D + 1;
+	extern __shared__ float sm[];
+	const int tile = blockIdx.x, kvh = blockIdx.y, s = blockIdx.z;
+	const int G = nh / nkv;
+	const int t0 = tile_first[tile], tl = tile_len[tile];
+	const int p0 = pos[t0];
+	const int ctx = p0 + tl; // last token's pos + 1
+	const int k0 = s * P;
+	if (k0 >= ctx) return;
+	const int k1 = min(k0 + P, ctx);
+	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	float *qs = sm;                         // [G][QT][D]
+	float *ks = qs + G * QT * D;            // [32][D+1]
+	float *vs = ks + ATT_CHUNK * KS;        // [32][D]
+	float *ps = vs + ATT_CHUNK * D;         // [G][QT][32]
+	int32_t *bts = (int32_t *)(ps + G * QT * 32); // block ids of the split's keys
+	for (int i = threadIdx.x; i < G * QT * D; i += blockDim.x) {
+		int g = i / (QT * D), r = i % (QT * D), qi = r / D, d = r % D;
+		qs[i] = qi < tl ? q[((size_t)(t0 + qi) * nh + kvh * G + g) * D + d] * scale : 0.f;
+	}
+	const int b0 = k0 / tpb;
+	{
+		const int32_t *bt = tables + btoff[t0];
+		for (int i = threadIdx.x; i <= (k1 - 1) / tpb - b0; i += blockDim.x) bts[i] = bt[b0 + i];
+	}
+	__syncthreads();
+	const size_t plane = (size_t)tpb * nkv * D;
+	float m[QT], l[QT], acc[QT][NDL];
+#pragma unroll
+	for (int qi = 0; qi < QT; qi++) {
+		m[qi] = -INFINITY;
+		l[qi] = 0.f;
+#pragma unroll
+		for (int i = 0; i < NDL; i++) acc[qi][i] = 0.f;
+	}
+	const float *qw = qs + warp * QT * D;
+	float *pw = ps + warp * QT * 32;
+	// K/V chunks go global -> registers (16-byte loads, issued one chunk
+	// ahead, in flight during the compute of the current chunk) -> shared
+	// memory as fp32. Each thread holds up to LPT 16-byte pieces of K and V.
+	constexpr int LPT = 2;
+	uint4 rk[LPT], rv[LPT];
+	auto fetch = [&](int c0) {
+		const int n = min(ATT_CHUNK, k1 - c0);
+#pragma unroll
+		for (int u = 0; u < LPT; u++) {
+			int e = threadIdx.x + u * blockDim.x;
+			if (e < n * (D / 8)) {
+				int j = e / (D / 8), d8 = (e % (D / 8)) * 8;
+				int key = c0 + j;
+				const __nv_bfloat16 *kp = kv_layer + (size_t)bts[key / tpb - b0] * block_stride +
+				                          (size_t)(key % tpb) * nkv * D + (size_t)kvh * D + d8;
+				rk[u] = *(const uint4 *)kp;
+				rv[u] = *(const uint4 *)(kp + plane);
+			}
+		}
+	};
+	fetch(k0);
+	for (int c0 = k0; c0 < k1; c0 += ATT_CHUNK) {
+		const int n = min(ATT_CHUNK, k1 - c0);
+		__syncthreads();
+#pragma unroll
+		for (int u = 0; u < LPT; u++) {
+			int e = threadIdx.x + u * blockDim.x;
+			if (e < n * (D / 8)) {
+				int j = e / (D / 8), d8 = (e % (D / 8)) * 8;
+				const __nv_bfloat162 *k2 = (const __nv_bfloat162 *)&rk[u];
+				const __nv_bfloat162 *v2 = (const __nv_bfloat162 *)&rv[u];
+#pragma unroll
+				for (int w = 0; w < 4; w++) {
+					float2 kf = __bfloat1622float2(k2[w]), vf = __bfloat1622float2(v2[w]);
+					ks[j * KS + d8 + 2 * w] = kf.x;
+					ks[j * KS + d8 + 2 * w + 1] = kf.y;
+					vs[j * D + d8 + 2 * w] = vf.x;
+					vs[j * D + d8 + 2 * w + 1] = vf.y;
+				}
+			}
+		}
+		__syncthreads();
+		if (c0 + ATT_CHUNK < k1) fetch(c0 + ATT_CHUNK);
+		const float *krow = ks + (lane < n ? lane : 0) * KS;
+		const int key = c0 + lane;
+		float sc_[QT];
+#pragma unroll
+		for (int qi = 0; qi < QT; qi++) sc_[qi] = 0.f;
+#pragma unroll
+		for (int d4 = 0; d4 < D / 4; d4++) {
+			float k0_ = krow[4 * d4], k1_ = krow[4 * d4 + 1], k2_ = krow[4 * d4 + 2], k3_ = krow[4 * d4 + 3];
+#pragma unroll
+			for (int qi = 0; qi < QT; qi++) {
+				float4 qq = ((const float4 *)(qw + qi * D))[d4];
+				sc_[qi] += qq.x * k0_ + qq.y * k1_ + qq.z * k2_ + qq.w * k3_;
+			}
+		}
+#pragma unroll
+		for (int qi = 0; qi < QT; qi++) {
+			float a = sc_[qi];
+			bool valid = lane < n && qi < tl && key <= p0 + qi;
+			float sc = valid ? a : -INFINITY;
+			float mn = fmaxf(m[qi], warp_max(sc));
+			float p = 0.f, corr = 1.f;
+			if (mn != -INFINITY) {
+				p = valid ? __expf(sc - mn) : 0.f;
+				corr = __expf(m[qi] - mn);
+			}
+			l[qi] = l[qi] * corr + warp_sum(p);
+			m[qi] = mn;
+#pragma unroll
+			for (int i = 0; i < NDL; i++) acc[qi][i] *= corr;
+			pw[lane * QT + qi] = p; // [key][token]: one key's p for the tile in one vector read
+		}
+		__syncwarp();
+		for (int j = 0; j < n; j++) {
+			float v[NDL];
+#pragma unroll
+			for (int i = 0; i < NDL; i++) {
+				int d = lane + 32 * i;
+				v[i] = d < D ? vs[j * D + d] : 0.f;
+			}
+			float pj[QT];
+			if constexpr (QT % 4 == 0) {
+#pragma unroll
+				for (int q4 = 0; q4 < QT / 4; q4++) {
+					float4 pp = ((const float4 *)(pw + j * QT))[q4];
+					pj[4 * q4] = pp.x;
+					pj[4 * q4 + 1] = pp.y;
+					pj[4 * q4 + 2] = pp.z;
+					pj[4 * q4 + 3] = pp.w;
+				}
+			} else {
+#pragma unroll
+				for (int qi = 0; qi < QT; qi++) pj[qi] = pw[j * QT + qi];
+			}
+#pragma unroll
+			for (int qi = 0; qi < QT; qi++) {
+#pragma unroll
+				for (int i = 0; i < NDL; i++) acc[qi][i] += pj[qi] * v[i];
+			}
+		}
+		__syncwarp();
+	}
+	const int h = kvh * G + warp;
+#pragma unroll
+	for (int qi = 0; qi < QT; qi++) {
+		if (qi >= tl || k0 > p0 + qi) continue; // this split holds no key of that token
+		size_t base = ((size_t)(t0 + qi) * nh + h) * nsplit + s;
+		float *pa = pacc + base * D;
+#pragma unroll
+		for (int i = 0; i < NDL; i++) {
+			int d = lane + 32 * i;
+			if (d < D) pa[d] = acc[qi][i];
+		}
+		if (lane == 0) {
+			pm[base] = m[qi];
+			pl[base] = l[qi];
+		}
+	}
+}
+
+typedef void (*attn_tile_fn)(const float *, const int32_t *, const int32_t *, const int32_t *, const int32_t *,
+                             const int32_t *, const __nv_bfloat16 *, size_t, int, int, int, int, int, float, float *,
+                             float *, float *);
+
+#define TILE_QT 8
+
+static attn_tile_fn tile_kernel(int D, int qt) {
+	switch (D) {
+	case 16: return qt == 1 ? attn_tile_kernel<16, 1> : attn_tile_kernel<16, TILE_QT>;
+	case 32: return qt == 1 ? attn_tile_kernel<32, 1> : attn_tile_kernel<32, TILE_QT>;
+	case 64: return qt == 1 ? attn_tile_kernel<64, 1> : attn_tile_kernel<64, TILE_QT>;
+	case 128: return qt == 1 ? attn_tile_kernel<128, 1> : attn_tile_kernel<128, TILE_QT>;
+	}
+	return nullptr;
+}
+
+#define ATT_MAXBT 520 // block ids of one split: P/tpb + 2 with P <= 512
+static size_t tile_smem(int G, int D, int qt) {
+	return sizeof(float) * ((size_t)G * qt * D + ATT_CHUNK * (D + 1) + ATT_CHUNK * D + (size_t)G * qt * 32) +
+	       sizeof(int32_t) * ATT_MAXBT;
+}
+
+
+// Decode attention (every query token alone in its tile): a block serves one
+// token, one kv head and one split; its 4 warps take interleaved 32-key
+// chunks, and each warp computes all G query heads of the group, so a key's
+// K row is read once (straight from the pool into registers, 16-byte loads)
+// for every head. Per-warp softmax state is merged in shared memory at the
+// end. Grid (T, nkv, nsplit), 128 threads.
+#define DEC_WARPS 4
+#define DEC_GM 8
+template <int D>
+__global__ void __launch_bounds__(128) attn_decode_kernel(const float *__restrict__ q, const int32_t *__restrict__ pos,
+                                                          const int32_t *__restrict__ btoff,
+                                                          const int32_t *__restrict__ tables,
+                                                          const __nv_bfloat16 *__restrict__ kv_layer,
+                                                          size_t block_stride, int nh, int nkv, int tpb, int P,
+                                                          int nsplit, float scale, float *__restrict__ pacc,
+                                                          float *__restrict__ pm, float *__restrict__ pl) {
+	constexpr int NDL = D / 32, VS = D + 4;
+	extern __shared__ float sm[];
+	const int t = blockIdx.x, kvh = blockIdx.y, s = blockIdx.z;
+	const int G = nh / nkv;
+	const int ctx = pos[t] + 1;
+	const int k0 = s * P;
+	if (k0 >= ctx) return;
+	const int k1 = min(k0 + P, ctx);
+	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	float *qs = sm;                                   // [G][D], scaled
+	float *vs = qs + DEC_GM * D;                      // [warps][32][D+4]
+	float *pt = vs + DEC_WARPS * 32 * VS;             // [warps][32][GM]
+	int32_t *bts = (int32_t *)(pt + DEC_WARPS * 32 * DEC_GM);
+	for (int i = threadIdx.x; i < G * D; i += blockDim.x) qs[i] = q[((size_t)t * nh + kvh * G) * D + i] * scale;
+	const int b0 = k0 / tpb;
+	{
+		const int32_t *bt = tables + btoff[t];
+		for (int i = threadIdx.x; i <= (k1 - 1) / tpb - b0; i += blockDim.x) bts[i] = bt[b0 + i];
+	}
+	__syncthreads();
+	const size_t plane = (size_t)tpb * nkv * D;
+	float m[DEC_GM], l[DEC_GM], acc[DEC_GM][NDL];
+#pragma unroll
+	for (int h = 0; h < DEC_GM; h++) {
+		m[h] = -INFINITY;
+		l[h] = 0.f;
+#pragma unroll
+		for (int i = 0; i < NDL; i++) acc[h][i] = 0.f;
+	}
+	float *vw = vs + warp * 32 * VS;
+	float *pw = pt + warp * 32 * DEC_GM;
+	for (int c0 = k0 + warp * 32; c0 < k1; c0 += DEC_WARPS * 32) {
+		const int n = min(32, k1 - c0);
+		const int key = c0 + lane;
+		const bool valid = lane < n;
+		float sc[DEC_GM];
+#pragma unroll
+		for (int h = 0; h < DEC_GM; h++) sc[h] = 0.f;
+		if (valid) {
+			const __nv_bfloat16 *kp =
+			    kv_layer + (size_t)bts[key / tpb - b0] * block_stride + (size_t)(key % tpb) * nkv * D + (size_t)kvh * D;
+			uint4 kk[D / 8], vv[D / 8];
+#pragma unroll
+			for (int u = 0; u < D / 8; u++) {
+				kk[u] = ((const uint4 *)kp)[u];
+				vv[u] = ((const uint4 *)(kp + plane))[u];
+			}
+#pragma unroll
+			for (int u = 0; u < D / 8; u++) {
+				const __nv_bfloat162 *k2 = (const __nv_bfloat162 *)&kk[u];
+				const __nv_bfloat162 *v2 = (const __nv_bfloat162 *)&vv[u];
+				float kf[8], vf[8];
+#pragma unroll
+				for (int w = 0; w < 4; w++) {
+					float2 a = __bfloat1622float2(k2[w]), b = __bfloat1622float2(v2[w]);
+					kf[2 * w] = a.x;
+					kf[2 * w + 1] = a.y;
+					vf[2 * w] = b.x;
+					vf[2 * w + 1] = b.y;
+				}
+				*(float4 *)(vw + lane * VS + 8 * u) = make_float4(vf[0], vf[1], vf[2], vf[3]);
+				*(float4 *)(vw + lane * VS + 8 * u + 4) = make_float4(vf[4], vf[5], vf[6], vf[7]);
+#pragma unroll
+				for (int h = 0; h < DEC_GM; h++) {
+					if (h < G) {
+						float4 qa = *(const float4 *)(qs + h * D + 8 * u);
+						float4 qb = *(const float4 *)(qs + h * D + 8 * u + 4);
+						sc[h] += qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] +
+						         qb.y * kf[5] + qb.z * kf[6] + qb.w * kf[7];
+					}
+				}
+			}
+		}
+#pragma unroll
+		for (int h = 0; h < DEC_GM; h++) {
+			if (h < G) {
+				float v = valid ? sc[h] : -INFINITY;
+				float mn = fmaxf(m[h], warp_max(v)); // finite: lane 0 holds a key
+				float p = valid ? __expf(v - mn) : 0.f;
+				float corr = __expf(m[h] - mn);
+				l[h] = l[h] * corr + warp_sum(p);
+				m[h] = mn;
+#pragma unroll
+				for (int i = 0; i < NDL; i++) acc[h][i] *= corr;
+				pw[lane * DEC_GM + h] = p;
+			}
+		}
+		__syncwarp();
+		for (int j = 0; j < n; j++) {
+			float v[NDL];
+#pragma unroll
+			for (int i = 0; i < NDL; i++) v[i] = vw[j * VS + lane + 32 * i];
+			float4 pa = *(const float4 *)(pw + j * DEC_GM), pb = *(const float4 *)(pw + j * DEC_GM + 4);
+			float pj[DEC_GM] = {pa.x, pa.y, pa.z, pa.w, pb.x, pb.y, pb.z, pb.w};
+#pragma unroll
+			for (int h = 0; h < DEC_GM; h++)
+#pragma unroll
+				for (int i = 0; i < NDL; i++) acc[h][i] += pj[h] * v[i];
+		}
+		__syncwarp();
+	}
+	// merge the warps: state to shared memory (reusing vs), then warp w
+	// finishes heads w, w+4, ...
+	__syncthreads();
+	float *cacc = vs;                                  // [warps][GM][D]
+	float *cm = cacc + DEC_WARPS * DEC_GM * D;         // [warps][GM]
+	float *cl = cm + DEC_WARPS * DEC_GM;
+#pragma unroll
+	for (int h = 0; h < DEC_GM; h++) {
+		if (h < G) {
+#pragma unroll
+			for (int i = 0; i < NDL; i++) cacc[(warp * DEC_GM + h) * D + lane + 32 * i] = acc[h][i];
+			if (lane == 0) {
+				cm[warp * DEC_GM + h] = m[h];
+				cl[warp * DEC_GM + h] = l[h];
+			}
+		}
+	}
+	__syncthreads();
+	for (int h = warp; h < G; h += DEC_WARPS) {
+		float M = -INFINITY;
+		for (int w = 0; w < DEC_WARPS; w++) M = fmaxf(M, cm[w * DEC_GM + h]);
+		float L = 0.f, wt[DEC_WARPS];
+		for (int w = 0; w < DEC_WARPS; w++) {
+			float mw = cm[w * DEC_GM + h];
+			wt[w] = mw == -INFINITY ? 0.f : __expf(mw - M);
+			L += cl[w * DEC_GM + h] * wt[w];
+		}
+		size_t base = ((size_t)t * nh + kvh * G + h) * nsplit + s;
+		for (int d = lane; d < D; d += 32) {
+			float a = 0.f;
+			for (int w = 0; w < DEC_WARPS; w++) a += cacc[(w * DEC_GM + h) * D + d] * wt[w];
+			pacc[base * D + d] = a;
+		}
+		if (lane == 0) {
+			pm[base] = M;
+			pl[base] = L;
+		}
+	}
+}
+
+static size_t decode_smem(int D) {
+	return sizeof(float) * ((size_t)DEC_GM * D + DEC_WARPS * 32 * (D + 4) + DEC_WARPS * 32 * DEC_GM) +
+	       sizeof(int32_t) * ATT_MAXBT;
+}
+
+typedef void (*attn_decode_fn)(const float *, const int32_t *, const int32_t *, const int32_t *, const __nv_bfloat16 *,
+                               size_t, int, int, int, int, int, float, float *, float *, float *);
+static attn_decode_fn decode_kernel(int D, int G) {
+	if (G > DEC_GM) return nullptr;
+	switch (D) {
+	case 64: return attn_decode_kernel<64>;
+	case 128: return attn_decode_kernel<128>;
+	}
+	return nullptr;
+}
+
+
+// Prefill attention on the tensor cores (mma.sync m16n8k16, bf16 in, fp32
+// accumulate), head dim 64: a block serves a tile of up to 16 consecutive
+// query tokens of one sequence, one kv head and one split; warp w computes
+// query head kvh*G+w for the tile's 16 tokens (the 16 rows of the MMA) with
+// an online softmax over 32-key chunks staged in shared memory (K as
+// [key][dim], V transposed as [dim][key], rows padded against bank
+// conflicts). Grid (tiles, nkv, nsplit), 32*G threads.
+#define MMA_QT 16
+#define MMA_KS 72 // K row stride (bf16): 64 + 8
+#define MMA_VS 40 // Vt row stride (bf16): 32 + 8
+
+__device__ __forceinline__ void mma16816(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
+	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+	             "{%0,%1,%2,%3};\n"
+	             : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+	             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+	__nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+	return *(uint32_t *)&v;
+}
+
+__global__ void __launch_bounds__(256) attn_mma_kernel(const float *__restrict__ q, const int32_t *__restrict__ pos,
+                                                       const int32_t *__restrict__ btoff,
+                                                       const int32_t *__restrict__ tables,
+                                                       const int32_t *__restrict__ tile_first,
+                                                       const int32_t *__restrict__ tile_len,
+                                                       const __nv_bfloat16 *__restrict__ kv_layer, size_t block_stride,
+                                                       int nh, int nkv, int tpb, int P, int nsplit, float scale,
+                                                       float *__restrict__ pacc, float *__restrict__ pm,
+                                                       float *__restrict__ pl) {
+	constexpr int D = 64;
+	__shared__ __align__(16) __nv_bfloat16 ks[ATT_CHUNK * MMA_KS];
+	__shared__ __align__(16) __nv_bfloat16 vt[D * MMA_VS];
+	__shared__ int32_t bts[ATT_MAXBT];
+	const int tile = blockIdx.x, kvh = blockIdx.y, s = blockIdx.z;
+	const int G = nh / nkv;
+	const int t0 = tile_first[tile], tl = tile_len[tile];
+	const int p0 = pos[t0];
+	const int ctx = p0 + tl;
+	const int k0 = s * P;
+	if (k0 >= ctx) return;
+	const int k1 = min(k0 + P, ctx);
+	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	const int g = lane >> 2, tq = lane & 3;
+	const int h = kvh * G + warp;
+	const int b0 = k0 / tpb;
+	{
+		const int32_t *bt = tables + btoff[t0];
+		for (int i = threadIdx.x; i <= (k1 - 1) / tpb - b0; i += blockDim.x) bts[i] = bt[b0 + i];
+	}
+	// Q fragments: rows g and g+8 are tokens t0+g and t0+g+8 (zero past the tile)
+	uint32_t qa[4][4];
+	{
+		const float *qg = q + ((size_t)(t0 + g) * nh + h) * D;
+		const float *qg8 = q + ((size_t)(t0 + g + 8) * nh + h) * D;
+		const bool r0 = g < tl, r1 = g + 8 < tl;
+#pragma unroll
+		for (int kk = 0; kk < 4; kk++) {
+			int c = kk * 16 + 2 * tq;
+			qa[kk][0] = r0 ? pack_bf16(qg[c], qg[c + 1]) : 0u;
+			qa[kk][1] = r1 ? pack_bf16(qg8[c], qg8[c + 1]) : 0u;
+			qa[kk][2] = r0 ? pack_bf16(qg[c + 8], qg[c + 9]) : 0u;
+			qa[kk][3] = r1 ? pack_bf16(qg8[c + 8], qg8[c + 9]) : 0u;
+		}
+	}
+	const int pr0 = p0 + g, pr1 = p0 + g + 8; // positions of the two rows
+	const bool row0 = g < tl, row1 = g + 8 < tl;
+	float o[8][4];
+#pragma unroll
+	for (int i = 0; i < 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+	float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+	const size_t plane = (size_t)tpb * nkv * D;
+	for (int c0 = k0; c0 < k1; c0 += ATT_CHUNK) {
+		const int n = min(ATT_CHUNK, k1 - c0);
+		__syncthreads();
+		for (int e = threadIdx.x; e < ATT_CHUNK * (D / 8); e += blockDim.x) {
+			int j = e / (D / 8), d8 = (e % (D / 8)) * 8;
+			uint4 kk = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
+			if (j < n) {
+				int key = c0 + j;
+				const __nv_bfloat16 *kp = kv_layer + (size_t)bts[key / tpb - b0] * block_stride +
+				                          (size_t)(key % tpb) * nkv * D + (size_t)kvh * D + d8;
+				kk = *(const uint4 *)kp;
+				vv = *(const uint4 *)(kp + plane);
+			}
+			*(uint4 *)(ks + j * MMA_KS + d8) = kk;
+			const __nv_bfloat16 *v8 = (const __nv_bfloat16 *)&vv;
+#pragma unroll
+			for (int u = 0; u < 8; u++) vt[(d8 + u) * MMA_VS + j] = v8[u];
+		}
+		__syncthreads();
+		// S = Q K^T for 32 keys: 4 n-tiles of 8 keys
+		float sc[4][4];
+#pragma unroll
+		for (int nt = 0; nt < 4; nt++) {
+			sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+			const __nv_bfloat16 *kr = ks + (nt * 8 + g) * MMA_KS + 2 * tq;
+#pragma unroll
+			for (int kk = 0; kk < 4; kk++) {
+				uint32_t bb0 = *(const uint32_t *)(kr + kk * 16);
+				uint32_t bb1 = *(const uint32_t *)(kr + kk * 16 + 8);
+				mma16816(sc[nt], qa[kk], bb0, bb1);
+			}
+		}
+		// mask, scale, online softmax (rows g and g+8; a row's 32 values live in one quad)
+		float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+		for (int nt = 0; nt < 4; nt++) {
+#pragma unroll
+			for (int u = 0; u < 2; u++) {
+				int key = c0 + nt * 8 + 2 * tq + u;
+				bool kv_ok = key < k1;
+				sc[nt][u] = (kv_ok && row0 && key <= pr0) ? sc[nt][u] * scale : -INFINITY;
+				sc[nt][2 + u] = (kv_ok && row1 && key <= pr1) ? sc[nt][2 + u] * scale : -INFINITY;
+				mx0 = fmaxf(mx0, sc[nt][u]);
+				mx1 = fmaxf(mx1, sc[nt][2 + u]);
+			}
+		}
+		mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+		mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+		mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+		mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+		float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+		float corr0 = mn0 == -INFINITY ? 1.f : __expf(m0 - mn0);
+		float corr1 = mn1 == -INFINITY ? 1.f : __expf(m1 - mn1);
+		float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+		for (int nt = 0; nt < 4; nt++) {
+#pragma unroll
+			for (int u = 0; u < 2; u++) {
+				float a = sc[nt][u] == -INFINITY ? 0.f : __expf(sc[nt][u] - mn0);
+				float b = sc[nt][2 + u] == -INFINITY ? 0.f : __expf(sc[nt][2 + u] - mn1);
+				sc[nt][u] = a;
+				sc[nt][2 + u] = b;
+				rs0 += a;
+				rs1 += b;
+			}
+		}
+		rs0 += __shfl_xor_sync(0xffffffffu, rs0, 1);
+		rs0 += __shfl_xor_sync(0xffffffffu, rs0, 2);
+		rs1 += __shfl_xor_sync(0xffffffffu, rs1, 1);
+		rs1 += __shfl_xor_sync(0xffffffffu, rs1, 2);
+		l0 = l0 * corr0 + rs0;
+		l1 = l1 * corr1 + rs1;
+		m0 = mn0;
+		m1 = mn1;
+#pragma unroll
+		for (int i = 0; i < 8; i++) {
+			o[i][0] *= corr0;
+			o[i][1] *= corr0;
+			o[i][2] *= corr1;
+			o[i][3] *= corr1;
+		}
+		// O += P V: 2 k-steps of 16 keys, 8 n-tiles of 8 dims
+#pragma unroll
+		for (int kk = 0; kk < 2; kk++) {
+			uint32_t pa[4] = {pack_bf16(sc[2 * kk][0], sc[2 * kk][1]), pack_bf16(sc[2 * kk][2], sc[2 * kk][3]),
+			                  pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
+			                  pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+#pragma unroll
+			for (int nd = 0; nd < 8; nd++) {
+				const __nv_bfloat16 *vr = vt + (nd * 8 + g) * MMA_VS + kk * 16 + 2 * tq;
+				mma16816(o[nd], pa, *(const uint32_t *)vr, *(const uint32_t *)(vr + 8));
+			}
+		}
+	}
+	// partial results of the two rows
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		int row = g + 8 * r;
+		if (row >= tl || k0 > p0 + row) continue;
+		size_t base = ((size_t)(t0 + row) * nh + h) * nsplit + s;
+		float *pa = pacc + base * D;
+#pragma unroll
+		for (int nd = 0; nd < 8; nd++) {
+			pa[nd * 8 + 2 * tq] = o[nd][2 * r];
+			pa[nd * 8 + 2 * tq + 1] = o[nd][2 * r + 1];
+		}
+		if (tq == 0) {
+			pm[base] = r ? m1 : m0;
+			pl[base] = r ? l1 : l0;
+		}
+	}
+}
+
+
+// Decode attention on the tensor cores, head dim 64: a block serves one
+// query token, one kv head and one split; the MMA rows are the G (<= 16)
+// query heads of the group. Each of the 4 warps takes interleaved 32-key
+// chunks into its own shared-memory stage (16-byte loads, one key row per
+// lane), runs S = Q K^T and O += P V as m16n8k16 MMAs (V fragments through
+// ldmatrix.trans) with an online softmax, and the warps' states are merged
+// at the end. Grid (T, nkv, nsplit), 128 threads.
+__global__ void __launch_bounds__(128) attn_mma_dec_kernel(const float *__restrict__ q,
+                                                           const int32_t *__restrict__ pos,
+                                                           const int32_t *__restrict__ btoff,
+                                                           const int32_t *__restrict__ tables,
+                                                           const __nv_bfloat16 *__restrict__ kv_layer,
+                                                           size_t block_stride, int nh, int nkv, int tpb, int P,
+                                                           int nsplit, float scale, float *__restrict__ pacc,
+                                                           float *__restrict__ pm, float *__restrict__ pl) {
+	constexpr int D = 64;
+	// per-warp K and V stages; after the loop the same bytes hold the merge
+	constexpr int STAGE = ATT_CHUNK * MMA_KS; // bf16 elements
+	__shared__ __align__(16) __nv_bfloat16 stage[2 * DEC_WARPS * STAGE];
+	__shared__ int32_t bts[ATT_MAXBT];
+	static_assert(sizeof(float) * DEC_WARPS * 16 * (D + 3) <= sizeof(__nv_bfloat16) * 2 * DEC_WARPS * STAGE, "merge fits");
+	float(*mrg_o)[16][D + 1] = (float(*)[16][D + 1])stage;
+	float(*mrg_m)[16] = (float(*)[16])((float *)stage + DEC_WARPS * 16 * (D + 1));
+	float(*mrg_l)[16] = (float(*)[16])((float *)stage + DEC_WARPS * 16 * (D + 2));
+	const int t = blockIdx.x, kvh = blockIdx.y, s = blockIdx.z;
+	const int G = nh / nkv;
+	const int ctx = pos[t] + 1;
+	const int k0 = s * P;
+	if (k0 >= ctx) return;
+	const int k1 = min(k0 + P, ctx);
+	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	const int g = lane >> 2, tq = lane & 3;
+	const int b0 = k0 / tpb;
+	{
+		const int32_t *bt = tables + btoff[t];
+		for (int i = threadIdx.x; i <= (k1 - 1) / tpb - b0; i += blockDim.x) bts[i] = bt[b0 + i];
+	}
+	__syncthreads();
+	// Q fragments: row r = query head kvh*G + r of token t (zero for r >= G)
+	uint32_t qa[4][4];
+	{
+		const float *qh = q + ((size_t)t * nh + kvh * G) * D;
+		const bool r0 = g < G, r1 = g + 8 < G;
+#pragma unroll
+		for (int kk = 0; kk < 4; kk++) {
+			int c = kk * 16 + 2 * tq;
+			qa[kk][0] = r0 ? pack_bf16(qh[g * D + c], qh[g * D + c + 1]) : 0u;
+			qa[kk][1] = r1 ? pack_bf16(qh[(g + 8) * D + c], qh[(g + 8) * D + c + 1]) : 0u;
+			qa[kk][2] = r0 ? pack_bf16(qh[g * D + c + 8], qh[g * D + c + 9]) : 0u;
+			qa[kk][3] = r1 ? pack_bf16(qh[(g + 8) * D + c + 8], qh[(g + 8) * D + c + 9]) : 0u;
+		}
+	}
+	float o[8][4];
+#pragma unroll
+	for (int i = 0; i < 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+	float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+	const size_t plane = (size_t)tpb * nkv * D;
+	__nv_bfloat16 *ks = stage + warp * STAGE, *vs = stage + (DEC_WARPS + warp) * STAGE;
+	const uint32_t vs_base = (uint32_t)__cvta_generic_to_shared(vs);
+	for (int c0 = k0 + warp * ATT_CHUNK; c0 < k1; c0 += DEC_WARPS * ATT_CHUNK) {
+		const int n = min(ATT_CHUNK, k1 - c0);
+		{
+			uint4 kk[8], vv[8];
+			const bool ok = lane < n;
+			if (ok) {
+				int key = c0 + lane;
+				const __nv_bfloat16 *kp =
+				    kv_layer + (size_t)bts[key / tpb - b0] * block_stride + (size_t)(key % tpb) * nkv * D + (size_t)kvh * D;
+#pragma unroll
+				for (int u = 0; u < 8; u++) {
+					kk[u] = ((const uint4 *)kp)[u];
+					vv[u] = ((const uint4 *)(kp + plane))[u];
+				}
+			}
+			__syncwarp();
+#pragma unroll
+			for (int u = 0; u < 8; u++) {
+				*(uint4 *)(ks + lane * MMA_KS + 8 * u) = ok ? kk[u] : make_uint4(0, 0, 0, 0);
+				*(uint4 *)(vs + lane * MMA_KS + 8 * u) = ok ? vv[u] : make_uint4(0, 0, 0, 0);
+			}
+			__syncwarp();
+		}
+		float sc[4][4];
+#pragma unroll
+		for (int nt = 0; nt < 4; nt++) {
+			sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+			const __nv_bfloat16 *kr = ks + (nt * 8 + g) * MMA_KS + 2 * tq;
+#pragma unroll
+			for (int kk = 0; kk < 4; kk++)
+				mma16816(sc[nt], qa[kk], *(const uint32_t *)(kr + kk * 16), *(const uint32_t *)(kr + kk * 16 + 8));
+		}
+		float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+		for (int nt = 0; nt < 4; nt++) {
+#pragma unroll
+			for (int u = 0; u < 2; u++) {
+				bool ok = nt * 8 + 2 * tq + u < n;
+				sc[nt][u] = ok ? sc[nt][u] * scale : -INFINITY;
+				sc[nt][2 + u] = ok ? sc[nt][2 + u] * scale : -INFINITY;
+				mx0 = fmaxf(mx0, sc[nt][u]);
+				mx1 = fmaxf(mx1, sc[nt][2 + u]);
+			}
+		}
+		mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+		mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+		mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+		mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+		float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1); // finite: key c0 is valid
+		float corr0 = __expf(m0 - mn0), corr1 = __expf(m1 - mn1);
+		float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+		for (int nt = 0; nt < 4; nt++) {
+#pragma unroll
+			for (int u = 0; u < 2; u++) {
+				float a = __expf(sc[nt][u] - mn0), b = __expf(sc[nt][2 + u] - mn1);
+				sc[nt][u] = a;
+				sc[nt][2 + u] = b;
+				rs0 += a;
+				rs1 += b;
+			}
+		}
+		rs0 += __shfl_xor_sync(0xffffffffu, rs0, 1);
+		rs0 += __shfl_xor_sync(0xffffffffu, rs0, 2);
+		rs1 += __shfl_xor_sync(0xffffffffu, rs1, 1);
+		rs1 += __shfl_xor_sync(0xffffffffu, rs1, 2);
+		l0 = l0 * corr0 + rs0;
+		l1 = l1 * corr1 + rs1;
+		m0 = mn0;
+		m1 = mn1;
+#pragma unroll
+		for (int i = 0; i < 8; i++) {
+			o[i][0] *= corr0;
+			o[i][1] *= corr0;
+			o[i][2] *= corr1;
+			o[i][3] *= corr1;
+		}
+#pragma unroll
+		for (int kk = 0; kk < 2; kk++) {
+			uint32_t pa[4] = {pack_bf16(sc[2 * kk][0], sc[2 * kk][1]), pack_bf16(sc[2 * kk][2], sc[2 * kk][3]),
+			                  pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
+			                  pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+#pragma unroll
+			for (int nd = 0; nd < 8; nd++) {
+				// V[16kk + r][8nd .. 8nd+7] rows -> B fragments through ldmatrix.trans
+				uint32_t addr = vs_base + (uint32_t)(((16 * kk + (lane & 15)) * MMA_KS + 8 * nd) * 2);
+				uint32_t bb0, bb1;
+				asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+				             : "=r"(bb0), "=r"(bb1)
+				             : "r"(addr));
+				mma16816(o[nd], pa, bb0, bb1);
+			}
+		}
+		__syncwarp();
+	}
+	// merge the warps' states per row (query head)
+	__syncthreads(); // every warp is done with its stage
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		int row = g + 8 * r;
+#pragma unroll
+		for (int nd = 0; nd < 8; nd++) {
+			mrg_o[warp][row][nd * 8 + 2 * tq] = o[nd][2 * r];
+			mrg_o[warp][row][nd * 8 + 2 * tq + 1] = o[nd][2 * r + 1];
+		}
+		if (tq == 0) {
+			mrg_m[warp][row] = r ? m1 : m0;
+			mrg_l[warp][row] = r ? l1 : l0;
+		}
+	}
+	__syncthreads();
+	for (int row = warp; row < G; row += DEC_WARPS) {
+		float M = -INFINITY;
+		for (int w = 0; w < DEC_WARPS; w++) M = fmaxf(M, mrg_m[w][row]);
+		float L = 0.f, wt[DEC_WARPS];
+		for (int w = 0; w < DEC_WARPS; w++) {
+			float mw = mrg_m[w][row];
+			wt[w] = mw == -INFINITY ? 0.f : __expf(mw - M);
+			L += mrg_l[w][row] * wt[w];
+		}
+		size_t base = ((size_t)t * nh + kvh * G + row) * nsplit + s;
+		for (int d = lane; d < D; d += 32) {
+			float a = 0.f;
+			for (int w = 0; w < DEC_WARPS; w++) a += mrg_o[w][row][d] * wt[w];
+			pacc[base * D + d] = a;
+		}
+		if (lane == 0) {
+			pm[base] = M;
+			pl[base] = L;
+		}
+	}
+}
+
+// Combine the splits: out[t][h*D+d] = sum_s acc_s e^{m_s-M} / sum_s l_s e^{m_s-M}.
+__global__ void attn_reduce_kernel(const int32_t *__restrict__ pos, const float *__restrict__ pacc,
+                                   const float *__restrict__ pm, const float *__restrict__ pl, int nh, int D,
+                                   int P, int nsplit, __nv_bfloat16 *__restrict__ out) {
+	int t = blockIdx.x, h = blockIdx.y;
+	int ns = pos[t] / P + 1;
+	size_t base = ((size_t)t * nh + h) * nsplit;
+	float M = -INFINITY;
+	for (int s = 0; s < ns; s++) M = fmaxf(M, pm[base + s]);
+	float L = 0.f;
+	for (int s = 0; s < ns; s++) L += pl[base + s] * __expf(pm[base + s] - M);
+	float inv = 1.f / L;
+	for (int d = threadIdx.x; d < D; d += blockDim.x) {
+		float a = 0.f;
+		for (int s = 0; s < ns; s++) a += pacc[(base + s) * D + d] * __expf(pm[base + s] - M);
+		out[((size_t)t * nh + h) * D + d] = __float2bfloat16(a * inv);
+	}
+}
+
+// act[t][i] = bf16(silu(gu[t][i]) * gu[t][I+i]); grid (ceil(I/256), T)
+__global__ void silu_mul_kernel(const float *__restrict__ gu, __nv_bfloat16 *__restrict__ act, int I) {
+	int i = blockIdx.x * blockDim.x + threadIdx.x;
+	if (i >= I) return;
+	size_t t = blockIdx.y;
+	float g = gu[t * 2 * I + i], u = gu[t * 2 * I + I + i];
+	act[t * I + i] = __float2bfloat16(g / (1.f + __expf(-g)) * u);
+}
+
+// argmax over each row (lowest index on ties).
+__global__ void argmax_kernel(const float *__restrict__ logits, int V, int32_t *__restrict__ out) {
+	int r = blockIdx.x;
+	const float *row = logits + (size_t)r * V;
+	float best = -INFINITY;
+	int bi = 0x7fffffff;
+	for (int i = threadIdx.x; i < V; i += blockDim.x) {
+		float v = row[i];
+		if (v > best || (v == best && i < bi)) { best = v; bi = i; }
+	}
+	for (int o = 16; o > 0; o >>= 1) {
+		float ov = __shfl_xor_sync(0xffffffffu, best, o);
+		int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+		if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
+	}
+	__shared__ float sv[32];
+	__shared__ int si[32];
+	int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+	if (lane == 0) { sv[w] = best; si[w] = bi; }
+	__syncthreads();
+	if (w == 0) {
+		int nw = blockDim.x >> 5;
+		best = lane < nw ? sv[lane] : -INFINITY;
+		bi = lane < nw ? si[lane] : 0x7fffffff;
+		for (int o = 16; o > 0; o >>= 1) {
+			float ov = __shfl_xor_sync(0xffffffffu, best, o);
+			int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+			if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
+		}
+		if (lane == 0) out[r] = bi;
+	}
+}
+
+
+// Y[t][o] = beta*Y[t][o] + sum_k W[o][k] X[t][k] for NT <= 4 rows of X
+// (decode steps): W is read once with 16-byte loads, the step's dominant
+// traffic at small batch; X stays in L1/L2. KS warps share one output row
+// (split K, summed in shared memory) so that short matrices still put enough
+// loads in flight; a block is 8 warps = 8/KS rows.
+template <int NT, int KS>
+__global__ void __launch_bounds__(256) gemv_kernel(const __nv_bfloat16 *__restrict__ W, const __nv_bfloat16 *__restrict__ X,
+                                                   float *__restrict__ Y, int out, int in, float beta) {
+	__shared__ float part[8][NT];
+	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	const int row = blockIdx.x * (8 / KS) + warp / KS, ks = warp % KS;
+	const int n8 = in / 8;
+	const int per = (n8 + KS - 1) / KS, i0 = ks * per, i1 = min(n8, i0 + per);
+	float acc[NT];
+#pragma unroll
+	for (int t = 0; t < NT; t++) acc[t] = 0.f;
+	if (row < out) {
+		const uint4 *w = (const uint4 *)(W + (size_t)row * in);
+#pragma unroll 8
+		for (int i = i0 + lane; i < i1; i += 32) {
+			uint4 wv = __ldg(w + i);
+			const __nv_bfloat162 *w2 = (const __nv_bfloat162 *)&wv;
+			float2 wf[4];
+#pragma unroll
+			for (int u = 0; u < 4; u++) wf[u] = __bfloat1622float2(w2[u]);
+#pragma unroll
+			for (int t = 0; t < NT; t++) {
+				uint4 xv = *((const uint4 *)(X + (size_t)t * in) + i);
+				const __nv_bfloat162 *x2 = (const __nv_bfloat162 *)&xv;
+#pragma unroll
+				for (int u = 0; u < 4; u++) {
+					float2 xf = __bfloat1622float2(x2[u]);
+					acc[t] += wf[u].x * xf.x + wf[u].y * xf.y;
+				}
+			}
+		}
+	}
+#pragma unroll
+	for (int t = 0; t < NT; t++) {
+		float v = warp_sum(acc[t]);
+		if (lane == 0) part[warp][t] = v;
+	}
+	if (KS > 1) __syncthreads();
+	if (ks == 0 && lane < NT && row < out) {
+		float v = 0.f;
+#pragma unroll
+		for (int k = 0; k < KS; k++) v += part[warp + k][lane];
+		float *y = Y + (size_t)lane * out + row;
+		*y = beta != 0.f ? beta * *y + v : v;
+	}
+}
+
+template <int KS>
+static void gemv_launch(int n, const __nv_bfloat16 *W, const __nv_bfloat16 *X, float *Y, int out, int in, float beta,
+                        cudaStream_t s) {
+	unsigned blocks = (unsigned)((out + 8 / KS - 1) / (8 / KS));
+	switch (n) {
+	case 1: gemv_kernel<1, KS><<<blocks, 256, 0, s>>>(W, X, Y, out, in, beta); break;
+	case 2: gemv_kernel<2, KS><<<blocks, 256, 0, s>>>(W, X, Y, out, in, beta); break;
+	case 3: gemv_kernel<3, KS><<<blocks, 256, 0, s>>>(W, X, Y, out, in, beta); break;
+	default: gemv_kernel<4, KS><<<blocks, 256, 0, s>>>(W, X, Y, out, in, beta); break;
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Model
+
+struct Layer {
+	__nv_bfloat16 *attn_norm, *qkv, *o, *mlp_norm, *gate_up, *down;
+};
+
+struct dcu_model {
+	dcu_config c;
+	cudaStream_t stream;
+	cublasHandle_t blas;
+	__nv_bfloat16 *wbuf; // all weights
+	size_t wbytes;
+	__nv_bfloat16 *embed, *norm, *lm_head;
+	std::vector<Layer> layers;
+	__nv_bfloat16 *kv;
+	size_t kv_bytes;
+	float *inv_freq;
+	int sms;
+	// scratch, grown on demand
+	int cap_t, cap_r, cap_ints;
+	size_t cap_part;
+	float *x, *qkv, *q, *gu, *logits, *pacc, *pm, *pl;
+	__nv_bfloat16 *xn, *attn, *act;
+	int32_t *d_ints, *d_argmax;
+	int32_t *h_ints; // pinned staging
+	cudaEvent_t ev0, ev1;
+	void *blas_ws;
+	// CUDA graphs of decode steps, keyed by the step's shape; dropped when
+	// the scratch buffers move.
+	struct Graph { int T, R, P, ns, am, nt, qt, dec; cudaGraphExec_t exec; };
+	// the current step's attention plan (prepare)
+	int nt, qt, P, nsplit; // tiles (0: per-token kernel), tokens per tile, split size and count
+	int use_dec;           // the decode kernel (tiles of one token, batch >= dec_min)
+	int use_mma;           // the tensor-core prefill kernel (tiles of up to 16 tokens)
+	// tuning knobs (environment, for experiments): DCU_FILL blocks per SM the
+	// split plan aims at, DCU_PMAX the longest split (<= 512), DCU_DEC_MIN the
+	// smallest batch for the decode kernel
+	int fill, pmax, dec_min;
+	int mma_dec; // tensor-core decode kernel for head dim 64 (DCU_NO_MMA=1 turns it off)
+	std::vector<Graph> graphs;
+	int use_graphs;
+	int prof_on, prof_n;
+	int use_gemv; // own GEMV kernel for steps of at most 4 tokens (DCU_NO_GEMV=1 turns it off)
+	std::vector<cudaEvent_t> prof_ev;
+	std::vector<int> prof_kind;
+};
+
+// Profiling (dcu_profile_step): an event after every operation of a step,
+// the time between consecutive events summed per operation kind.
+static const char *prof_names[DCU_PROF_KINDS] = {"embed", "rmsnorm", "gemm_qkv", "rope_kv_append", "attention",
+                                                  "attention_reduce", "gemm_o", "gemm_gate_up", "silu_mul",
+                                                  "gemm_down", "gemm_lm_head", "argmax"};
+#define MARK(kind)                                                              \
+	do {                                                                        \
+		if (m->prof_on) {                                                       \
+			if (m->prof_n >= (int)m->prof_ev.size()) {                          \
+				cudaEvent_t ev_;                                                \
+				CK(cudaEventCreate(&ev_));                                      \
+				m->prof_ev.push_back(ev_);                                      \
+			}                                                                   \
+			CK(cudaEventRecord(m->prof_ev[m->prof_n], m->stream));              \
+			m->prof_kind.resize(m->prof_ev.size());                             \
+			m->prof_kind[m->prof_n++] = (kind);                                 \
+		}                                                                       \
+	} while (0)
+
+static void drop_graphs(dcu_model *m) {
+	for (auto &g : m->graphs) cudaGraphExecDestroy(g.exec);
+	m->graphs.clear();
+}
+
+static int env_int(const char *name, int def, int lo, int hi) {
+	const char *v = getenv(name);
+	if (!v || !*v) return def;
+	int x = atoi(v);
+	return x < lo ? lo : (x > hi ? hi : x);
+}
+
+static size_t qkv_dim(const dcu_config &c) { return (size_t)(c.heads + 2 * c.kv_heads) * c.head_dim; }
+
+extern "C" int dcu_device_count(int *n, dcu_status *st) {
+	CK(cudaGetDeviceCount(n));
+	return 1;
+}
+extern "C" int dcu_set_device(int dev, dcu_status *st) {
+	CK(cudaSetDevice(dev));
+	CK(cudaFree(0)); // create the context now
+	return 1;
+}
+extern "C" int dcu_device_name(int dev, char *buf, int len, int *maj, int *min, int *sms, dcu_status *st) {
+	cudaDeviceProp p;
+	CK(cudaGetDeviceProperties(&p, dev));
+	snprintf(buf, len, "%s", p.name);
+	*maj = p.major;
+	*min = p.minor;
+	*sms = p.multiProcessorCount;
+	return 1;
+}
+extern "C" int dcu_mem_info(size_t *f, size_t *t, dcu_status *st) {
+	CK(cudaMemGetInfo(f, t));
+	return 1;
+}
+extern "C" int dcu_malloc(void **p, size_t n, dcu_status *st) {
+	CK(cudaMalloc(p, n));
+	return 1;
+}
+extern "C" int dcu_free(void *p, dcu_status *st) {
+	CK(cudaFree(p));
+	return 1;
+}
+extern "C" int dcu_memset(void *p, int v, size_t n, dcu_status *st) {
+	CK(cudaMemset(p, v, n));
+	CK(cudaDeviceSynchronize()); // the model's stream does not wait for the legacy stream
+	return 1;
+}
+extern "C" int dcu_memcpy_htod(void *d, const void *s, size_t n, dcu_status *st) {
+	CK(cudaMemcpy(d, s, n, cudaMemcpyHostToDevice));
+	return 1;
+}
+extern "C" int dcu_memcpy_dtoh(void *d, const void *s, size_t n, dcu_status *st) {
+	CK(cudaMemcpy(d, s, n, cudaMemcpyDeviceToHost));
+	return 1;
+}
+extern "C" int dcu_synchronize(dcu_status *st) {
+	CK(cudaDeviceSynchronize());
+	return 1;
+}
+
+extern "C" int dcu_copy_bench(size_t bytes, int iters, float *ms, dcu_status *st) {
+	void *a = nullptr, *b = nullptr;
+	cudaEvent_t e0, e1;
+	CK(cudaMalloc(&a, bytes));
+	CK(cudaMalloc(&b, bytes));
+	CK(cudaMemset(a, 1, bytes));
+	CK(cudaEventCreate(&e0));
+	CK(cudaEventCreate(&e1));
+	CK(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice)); // warm up
+	CK(cudaEventRecord(e0));
+	for (int i = 0; i < iters; i++) CK(cudaMemcpyAsync(i & 1 ? a : b, i & 1 ? b : a, bytes, cudaMemcpyDeviceToDevice));
+	CK(cudaEventRecord(e1));
+	CK(cudaEventSynchronize(e1));
+	CK(cudaEventElapsedTime(ms, e0, e1));
+	CK(cudaEventDestroy(e0));
+	CK(cudaEventDestroy(e1));
+	CK(cudaFree(a));
+	CK(cudaFree(b));
+	return 1;
+}
+
+extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_bytes, const float *inv_freq,
+                                dcu_model **out, dcu_status *st) {
+	const dcu_config &c = *cfg;
+	if (c.head_dim % 2 || c.head_dim > 32 * ATT_MAXD) INVALID("head_dim %d: must be even and at most %d", c.head_dim, 32 * ATT_MAXD);
+	if (c.heads % c.kv_heads || c.heads / c.kv_heads > 32) INVALID("heads %d / kv heads %d: group must divide and be at most 32", c.heads, c.kv_heads);
+	size_t plane = (size_t)c.tokens_per_block * c.kv_heads * c.head_dim;
+	size_t need = (size_t)c.num_blocks * c.layers * 2 * plane * 2;
+	if (kv_bytes < need) INVALID("KV memory of %zu bytes is smaller than %zu", kv_bytes, need);
+	dcu_model *m = new dcu_model();
+	memset((void *)&m->c, 0, sizeof m->c);
+	m->c = c;
+	m->kv = (__nv_bfloat16 *)kv_base;
+	m->kv_bytes = kv_bytes;
+	*out = m;
+	int dev;
+	CK(cudaGetDevice(&dev));
+	CK(cudaDeviceGetAttribute(&m->sms, cudaDevAttrMultiProcessorCount, dev));
+	CK(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking));
+	CKB(cublasCreate(&m->blas));
+	CKB(cublasSetStream(m->blas, m->stream));
+	CKB(cublasSetMathMode(m->blas, CUBLAS_DEFAULT_MATH));
+	// a workspace of our own, so that GEMMs can be captured in CUDA graphs
+	const size_t ws = 32u << 20;
+	CK(cudaMalloc(&m->blas_ws, ws));
+	CKB(cublasSetWorkspace(m->blas, m->blas_ws, ws));
+	m->use_graphs = c.graphs;
+	m->use_gemv = !(getenv("DCU_NO_GEMV") && getenv("DCU_NO_GEMV")[0] == '1');
+	m->fill = env_int("DCU_FILL", 4, 1, 64);
+	m->pmax = env_int("DCU_PMAX", 512, 32, 512) / ATT_CHUNK * ATT_CHUNK;
+	m->dec_min = env_int("DCU_DEC_MIN", 8, 1, 1 << 30);
+	m->mma_dec = !(getenv("DCU_NO_MMA") && getenv("DCU_NO_MMA")[0] == '1');
+	CK(cudaEventCreate(&m->ev0));
+	CK(cudaEventCreate(&m->ev1));
+	size_t H = c.hidden, I = c.inter, V = c.vocab;
+	size_t per_layer = 2 * H + qkv_dim(c) * H + H * (size_t)c.heads * c.head_dim + 2 * I * H + I * H;
+	size_t elems = V * H + H + (c.tied ? 0 : V * H) + per_layer * c.layers;
+	m->wbytes = elems * 2;
+	CK(cudaMalloc((void **)&m->wbuf, m->wbytes));
+	__nv_bfloat16 *p = m->wbuf;
+	m->embed = p; p += V * H;
+	m->norm = p; p += H;
+	if (c.tied) m->lm_head = m->embed;
+	else { m->lm_head = p; p += V * H; }
+	m->layers.resize(c.layers);
+	for (int l = 0; l < c.layers; l++) {
+		Layer &L = m->layers[l];
+		L.attn_norm = p; p += H;
+		L.qkv = p; p += qkv_dim(c) * H;
+		L.o = p; p += H * (size_t)c.heads * c.head_dim;
+		L.mlp_norm = p; p += H;
+		L.gate_up = p; p += 2 * I * H;
+		L.down = p; p += I * H;
+	}
+	CK(cudaMalloc((void **)&m->inv_freq, sizeof(float) * c.head_dim / 2));
+	CK(cudaMemcpy(m->inv_freq, inv_freq, sizeof(float) * c.head_dim / 2, cudaMemcpyHostToDevice));
+	// dynamic shared memory of the attention kernel may exceed 48 KB for large heads
+	int G = c.heads / c.kv_heads;
+	size_t smem = sizeof(float) * ((size_t)G * c.head_dim + ATT_CHUNK * (c.head_dim + 1) + ATT_CHUNK * c.head_dim);
+	if (smem > 48 * 1024) CK(cudaFuncSetAttribute(attn_split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+	if (decode_kernel(c.head_dim, G) && decode_smem(c.head_dim) > 48 * 1024)
+		CK(cudaFuncSetAttribute((const void *)decode_kernel(c.head_dim, G), cudaFuncAttributeMaxDynamicSharedMemorySize,
+		                        (int)decode_smem(c.head_dim)));
+	for (int qt : {1, TILE_QT}) {
+		attn_tile_fn f = tile_kernel(c.head_dim, qt);
+		size_t ts = tile_smem(G, c.head_dim, qt);
+		if (f && ts > 48 * 1024) CK(cudaFuncSetAttribute((const void *)f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ts));
+	}
+	return 1;
+}
+
+extern "C" int dcu_model_weight_bytes(dcu_model *m, size_t *n) {
+	*n = m->wbytes;
+	return 1;
+}
+
+extern "C" int dcu_model_set_weight(dcu_model *m, int kind, int layer, const void *data, size_t bytes, dcu_status *st) {
+	const dcu_config &c = m->c;
+	size_t H = c.hidden, I = c.inter, V = c.vocab, D = c.head_dim;
+	__nv_bfloat16 *dst = nullptr;
+	size_t n = 0;
+	if (kind >= DCU_W_ATTN_NORM && (layer < 0 || layer >= c.layers)) INVALID("layer %d out of range", layer);
+	Layer *L = kind >= DCU_W_ATTN_NORM ? &m->layers[layer] : nullptr;
+	switch (kind) {
+	case DCU_W_EMBED: dst = m->embed; n = V * H; break;
+	case DCU_W_NORM: dst = m->norm; n = H; break;
+	case DCU_W_LMHEAD:
+		if (c.tied) INVALID("LM head of a tied model");
+		dst = m->lm_head; n = V * H; break;
+	case DCU_W_ATTN_NORM: dst = L->attn_norm; n = H; break;
+	case DCU_W_Q: dst = L->qkv; n = c.heads * D * H; break;
+	case DCU_W_K: dst = L->qkv + c.heads * D * H; n = c.kv_heads * D * H; break;
+	case DCU_W_V: dst = L->qkv + (c.heads + c.kv_heads) * D * H; n = c.kv_heads * D * H; break;
+	case DCU_W_O: dst = L->o; n = H * c.heads * D; break;
+	case DCU_W_MLP_NORM: dst = L->mlp_norm; n = H; break;
+	case DCU_W_GATE: dst = L->gate_up; n = I * H; break;
+	case DCU_W_UP: dst = L->gate_up + I * H; n = I * H; break;
+	case DCU_W_DOWN: dst = L->down; n = H * I; break;
+	default: INVALID("weight kind %d", kind);
+	}
+	if (bytes != n * 2) INVALID("weight kind %d layer %d: %zu bytes, want %zu", kind, layer, bytes, n * 2);
+	CK(cudaMemcpy(dst, data, bytes, cudaMemcpyHostToDevice));
+	CK(cudaDeviceSynchronize());
+	return 1;
+}
+
+static void free_scratch(dcu_model *m) {
+	cudaFree(m->x); cudaFree(m->qkv); cudaFree(m->q); cudaFree(m->gu); cudaFree(m->xn); cudaFree(m->attn);
+	cudaFree(m->act);
+	m->x = m->qkv = m->q = m->gu = nullptr;
+	m->xn = m->attn = m->act = nullptr;
+}
+
+static int ensure(dcu_model *m, int T, int R, int nints, size_t part, dcu_status *st) {
+	const dcu_config &c = m->c;
+	if (T > m->cap_t || R > m->cap_r || nints > m->cap_ints || part > m->cap_part) {
+		CK(cudaStreamSynchronize(m->stream));
+		drop_graphs(m);
+	}
+	size_t H = c.hidden, I = c.inter, V = c.vocab;
+	if (T > m->cap_t) {
+		CK(cudaStreamSynchronize(m->stream));
+		free_scratch(m);
+		int cap = T < 16 ? 16 : T;
+		m->cap_t = 0;
+		CK(cudaMalloc((void **)&m->x, sizeof(float) * cap * H));
+		CK(cudaMalloc((void **)&m->qkv, sizeof(float) * cap * qkv_dim(c)));
+		CK(cudaMalloc((void **)&m->q, sizeof(float) * cap * c.heads * c.head_dim));
+		CK(cudaMalloc((void **)&m->gu, sizeof(float) * cap * 2 * I));
+		CK(cudaMalloc((void **)&m->xn, 2 * cap * H));
+		CK(cudaMalloc((void **)&m->attn, 2 * (size_t)cap * c.heads * c.head_dim));
+		CK(cudaMalloc((void **)&m->act, 2 * cap * I));
+		m->cap_t = cap;
+	}
+	if (R > m->cap_r) {
+		CK(cudaStreamSynchronize(m->stream));
+		cudaFree(m->logits); cudaFree(m->d_argmax);
+		m->logits = nullptr; m->d_argmax = nullptr; m->cap_r = 0;
+		int cap = R < 16 ? 16 : R;
+		CK(cudaMalloc((void **)&m->logits, sizeof(float) * cap * V));
+		CK(cudaMalloc((void **)&m->d_argmax, sizeof(int32_t) * cap));
+		m->cap_r = cap;
+	}
+	if (nints > m->cap_ints) {
+		CK(cudaStreamSynchronize(m->stream));
+		cudaFree(m->d_ints); cudaFreeHost(m->h_ints);
+		m->d_ints = nullptr; m->h_ints = nullptr; m->cap_ints = 0;
+		int cap = nints < 4096 ? 4096 : nints * 2;
+		CK(cudaMalloc((void **)&m->d_ints, sizeof(int32_t) * cap));
+		CK(cudaMallocHost((void **)&m->h_ints, sizeof(int32_t) * cap));
+		m->cap_ints = cap;
+	}
+	if (part > m->cap_part) {
+		CK(cudaStreamSynchronize(m->stream));
+		cudaFree(m->pacc); cudaFree(m->pm); cudaFree(m->pl);
+		m->pacc = m->pm = m->pl = nullptr; m->cap_part = 0;
+		CK(cudaMalloc((void **)&m->pacc, sizeof(float) * part * c.head_dim));
+		CK(cudaMalloc((void **)&m->pm, sizeof(float) * part));
+		CK(cudaMalloc((void **)&m->pl, sizeof(float) * part));
+		m->cap_part = part;
+	}
+	return 1;
+}
+
+// Y[n][out] (fp32) = beta*Y + X[n][in] (bf16) * W[out][in]^T (bf16)
+static int gemm(dcu_model *m, const __nv_bfloat16 *W, const __nv_bfloat16 *X, float *Y, int out, int n, int in,
+                float beta, dcu_status *st) {
+	if (n <= 4 && in % 8 == 0 && m->use_gemv && ((uintptr_t)W & 15) == 0) {
+		// split K over 4 warps when one warp per row would not fill the chip
+		if (out / 8 < 4 * m->sms) gemv_launch<4>(n, W, X, Y, out, in, beta, m->stream);
+		else gemv_launch<1>(n, W, X, Y, out, in, beta, m->stream);
+		CKL();
+		return 1;
+	}
+	float alpha = 1.f;
+	CKB(cublasGemmEx(m->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &alpha, W, CUDA_R_16BF, in, X, CUDA_R_16BF, in,
+	                 &beta, Y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+	return 1;
+}
+
+static void split_plan(const dcu_model *m, int units, int max_ctx, int *P, int *nsplit) {
+	int base = units * m->c.kv_heads;
+	int want = (m->fill * m->sms + base - 1) / base; // splits per unit to fill the chip
+	if (want < 1) want = 1;
+	int p = (max_ctx + want - 1) / want;
+	p = (p + ATT_CHUNK - 1) / ATT_CHUNK * ATT_CHUNK;
+	if (p < ATT_CHUNK) p = ATT_CHUNK;
+	if (p > m->pmax) p = m->pmax;
+	*P = p;
+	*nsplit = (max_ctx + p - 1) / p;
+}
+
+// Enqueue the step (everything after the ints are on the device).
+static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int want_argmax, dcu_status *st) {
+	const dcu_config &c = m->c;
+	int H = c.hidden, I = c.inter, V = c.vocab, D = c.head_dim, nh = c.heads, nkv = c.kv_heads;
+	const int32_t *tokens = m->d_ints, *pos = tokens + T, *slot = pos + T, *btoff = slot + T, *rows = btoff + T;
+	const int32_t *tables = rows + R;
+	const int32_t *tile_first = tables + n_tables, *tile_len = tile_first + m->nt;
+	(void)max_ctx;
+	const int P = m->P, nsplit = m->nsplit;
+	attn_tile_fn tk = m->nt ? tile_kernel(D, m->qt) : nullptr;
+	size_t plane = (size_t)c.tokens_per_block * nkv * D;
+	size_t block_stride = (size_t)c.layers * 2 * plane;
+	int G = nh / nkv;
+	size_t smem = sizeof(float) * ((size_t)G * D + ATT_CHUNK * (D + 1) + ATT_CHUNK * D);
+	float scale = 1.f / sqrtf((float)D);
+	cudaStream_t s = m->stream;
+
+	MARK(-1);
+	embed_kernel<<<T, 256, 0, s>>>(tokens, m->embed, m->x, H);
+	CKL();
+	MARK(0);
+	for (int l = 0; l < c.layers; l++) {
+		Layer &L = m->layers[l];
+		__nv_bfloat16 *kv_layer = m->kv + (size_t)l * 2 * plane;
+		rmsnorm_kernel<<<T, 256, 0, s>>>(m->x, nullptr, L.attn_norm, m->xn, H, c.eps);
+		CKL();
+		MARK(1);
+		if (!gemm(m, L.qkv, m->xn, m->qkv, (int)qkv_dim(c), T, H, 0.f, st)) return 0;
+		MARK(2);
+		rope_kv_kernel<<<T, 128, 0, s>>>(m->qkv, pos, slot, m->inv_freq, m->q, kv_layer, block_stride, nh, nkv, D,
+		                                 c.tokens_per_block);
+		CKL();
+		MARK(3);
+		if (m->use_mma) {
+			attn_mma_kernel<<<dim3(m->nt, nkv, nsplit), 32 * G, 0, s>>>(m->q, pos, btoff, tables, tile_first, tile_len,
+			                                                            kv_layer, block_stride, nh, nkv,
+			                                                            c.tokens_per_block, P, nsplit, scale, m->pacc,
+			                                                            m->pm, m->pl);
+		} else if (m->use_dec && D == 64 && G <= 16 && m->mma_dec) {
+			attn_mma_dec_kernel<<<dim3(T, nkv, nsplit), 32 * DEC_WARPS, 0, s>>>(
+			    m->q, pos, btoff, tables, kv_layer, block_stride, nh, nkv, c.tokens_per_block, P, nsplit, scale, m->pacc,
+			    m->pm, m->pl);
+		} else if (m->use_dec) {
+			decode_kernel(D, G)<<<dim3(T, nkv, nsplit), 32 * DEC_WARPS, decode_smem(D), s>>>(
+			    m->q, pos, btoff, tables, kv_layer, block_stride, nh, nkv, c.tokens_per_block, P, nsplit, scale, m->pacc,
+			    m->pm, m->pl);
+		} else if (tk) {
+			tk<<<dim3(m->nt, nkv, nsplit), 32 * G, tile_smem(G, D, m->qt), s>>>(
+			    m->q, pos, btoff, tables, tile_first, tile_len, kv_layer, block_stride, nh, nkv, c.tokens_per_block, P,
+			    nsplit, scale, m->pacc, m->pm, m->pl);
+		} else {
+			attn_split_kernel<<<dim3(T, nkv, nsplit), 32 * G, smem, s>>>(m->q, pos, btoff, tables, kv_layer, block_stride,
+			                                                             nh, nkv, D, c.tokens_per_block, P, nsplit, scale,
+			                                                             m->pacc, m->pm, m->pl);
+		}
+		CKL();
+		MARK(4);
+		attn_reduce_kernel<<<dim3(T, nh), D < 32 ? 32 : (D > 256 ? 256 : D), 0, s>>>(pos, m->pacc, m->pm, m->pl, nh, D, P,
+		                                                                            nsplit, m->attn);
+		CKL();
+		MARK(5);
+		if (!gemm(m, L.o, m->attn, m->x, H, T, nh * D, 1.f, st)) return 0;
+		MARK(6);
+		rmsnorm_kernel<<<T, 256, 0, s>>>(m->x, nullptr, L.mlp_norm, m->xn, H, c.eps);
+		CKL();
+		MARK(1);
+		if (!gemm(m, L.gate_up, m->xn, m->gu, 2 * I, T, H, 0.f, st)) return 0;
+		MARK(7);
+		silu_mul_kernel<<<dim3((I + 255) / 256, T), 256, 0, s>>>(m->gu, m->act, I);
+		CKL();
+		MARK(8);
+		if (!gemm(m, L.down, m->act, m->x, H, T, I, 1.f, st)) return 0;
+		MARK(9);
+	}
+	if (R > 0) {
+		rmsnorm_kernel<<<R, 256, 0, s>>>(m->x, rows, m->norm, m->xn, H, c.eps);
+		CKL();
+		MARK(1);
+		if (!gemm(m, m->lm_head, m->xn, m->logits, V, R, H, 0.f, st)) return 0;
+		MARK(10);
+		if (want_argmax) {
+			argmax_kernel<<<R, 1024, 0, s>>>(m->logits, V, m->d_argmax);
+			CKL();
+			MARK(11);
+		}
+	}
+	return 1;
+}
+
+static int prepare(dcu_model *m, const dcu_batch *b, dcu_status *st) {
+	const dcu_config &c = m->c;
+	int T = b->num_tokens, R = b->num_rows;
+	if (T <= 0) INVALID("empty step");
+	if (T > 65535) INVALID("step of %d tokens: at most 65535", T);
+	if (b->max_ctx <= 0) INVALID("max_ctx %d", b->max_ctx);
+	const int32_t *pos = b->ints + T, *btoff = b->ints + 3 * T;
+	int base = 4 * T + R + b->n_tables;
+	// Tiles: runs of up to TILE_QT consecutive tokens of one sequence.
+	// launch bounds: 256 threads; registers hold a chunk: 32*D/8 <= 2*threads
+	int G = c.heads / c.kv_heads;
+	bool tiled = tile_kernel(c.head_dim, 1) != nullptr && G <= 8 && c.head_dim <= 16 * G;
+	// the tensor-core kernel for prefill (head dim 64, DCU_NO_MMA=1 turns it off)
+	int tq = TILE_QT;
+	bool mma_ok = tiled && c.head_dim == 64 && !(getenv("DCU_NO_MMA") && getenv("DCU_NO_MMA")[0] == '1');
+	if (mma_ok) tq = MMA_QT;
+	int nt = 0, longest = 0;
+	if (tiled) {
+		for (int t = 0; t < T;) {
+			int e = t + 1;
+			while (e < T && e - t < tq && btoff[e] == btoff[t] && pos[e] == pos[e - 1] + 1) e++;
+			longest = e - t > longest ? e - t : longest;
+			nt++;
+			t = e;
+		}
+	}
+	if (mma_ok && longest <= 1) { // decode step: the 1-token tiles are the same for every kernel
+		tq = TILE_QT;
+		mma_ok = false;
+	}
+	m->use_mma = mma_ok;
+	int nints = base + 2 * nt;
+	m->nt = nt;
+	m->qt = longest > 1 ? TILE_QT : 1;
+	split_plan(m, tiled ? nt : T, b->max_ctx, &m->P, &m->nsplit);
+	// The decode kernel pays off from a handful of sequences on (measured on
+	// an H100: slower than the tiled kernel at batch 1, faster at 256).
+	m->use_dec = tiled && m->qt == 1 && T >= m->dec_min && decode_kernel(c.head_dim, G) != nullptr;
+	if (m->use_dec && m->P < DEC_WARPS * 32) {
+		m->P = DEC_WARPS * 32; // every warp of the decode kernel gets a chunk
+		m->nsplit = (b->max_ctx + m->P - 1) / m->P;
+	}
+	size_t part = (size_t)T * c.heads * m->nsplit;
+	if (!ensure(m, T, R, nints, part, st)) return 0;
+	// The staging buffer may still be read by an earlier step's copy.
+	CK(cudaStreamSynchronize(m->stream));
+	memcpy(m->h_ints, b->ints, sizeof(int32_t) * base);
+	if (tiled) {
+		int32_t *first = m->h_ints + base, *len = first + nt;
+		int k = 0;
+		for (int t = 0; t < T;) {
+			int e = t + 1;
+			while (e < T && e - t < tq && btoff[e] == btoff[t] && pos[e] == pos[e - 1] + 1) e++;
+			first[k] = t;
+			len[k] = e - t;
+			k++;
+			t = e;
+		}
+	}
+	CK(cudaMemcpyAsync(m->d_ints, m->h_ints, sizeof(int32_t) * nints, cudaMemcpyHostToDevice, m->stream));
+	return 1;
+}
+
+// Decode-like steps (every token wants a logits row, few tokens) replay a
+// captured CUDA graph of the step; others are launched directly.
+static int launch(dcu_model *m, int T, int R, int max_ctx, int n_tables, int am, int graph, dcu_status *st) {
+	// graphs for decode steps only: one logits row per token, each token its own sequence
+	if (!graph || !m->use_graphs || T != R || T > 512 || (m->nt && m->qt != 1))
+		return enqueue(m, T, R, max_ctx, n_tables, am, st);
+	const int P = m->P, ns = m->nsplit;
+	for (auto &g : m->graphs)
+		if (g.T == T && g.R == R && g.P == P && g.ns == ns && g.am == am && g.nt == m->nt && g.qt == m->qt && g.dec == m->use_dec && !m->use_mma) {
+			CK(cudaGraphLaunch(g.exec, m->stream));
+			return 1;
+		}
+	if (m->graphs.size() >= 64) {
+		CK(cudaStreamSynchronize(m->stream));
+		drop_graphs(m);
+	}
+	cudaGraph_t graph_ = nullptr;
+	CK(cudaStreamBeginCapture(m->stream, cudaStreamCaptureModeThreadLocal));
+	int ok = enqueue(m, T, R, max_ctx, n_tables, am, st);
+	cudaError_t e = cudaStreamEndCapture(m->stream, &graph_);
+	if (!ok) {
+		if (graph_) cudaGraphDestroy(graph_);
+		return 0;
+	}
+	CK(e);
+	cudaGraphExec_t exec;
+	e = cudaGraphInstantiate(&exec, graph_, 0);
+	cudaGraphDestroy(graph_);
+	CK(e);
+	m->graphs.push_back({T, R, P, ns, am, m->nt, m->qt, m->use_dec, exec});
+	CK(cudaGraphLaunch(exec, m->stream));
+	return 1;
+}
+
+extern "C" int dcu_forward(dcu_model *m, const dcu_batch *b, dcu_status *st) {
+	if (!prepare(m, b, st)) return 0;
+	int T = b->num_tokens, R = b->num_rows;
+	if (!launch(m, T, R, b->max_ctx, b->n_tables, b->argmax != nullptr, 1, st)) return 0;
+	if (R > 0 && b->logits) CK(cudaMemcpyAsync(b->logits, m->logits, sizeof(float) * R * m->c.vocab, cudaMemcpyDeviceToHost, m->stream));
+	if (R > 0 && b->argmax) CK(cudaMemcpyAsync(b->argmax, m->d_argmax, sizeof(int32_t) * R, cudaMemcpyDeviceToHost, m->stream));
+	CK(cudaStreamSynchronize(m->stream));
+	return 1;
+}
+
+extern "C" int dcu_forward_timed(dcu_model *m, const dcu_batch *b, int n, int graph, float *ms, dcu_status *st) {
+	if (!prepare(m, b, st)) return 0;
+	int T = b->num_tokens, R = b->num_rows;
+	if (!launch(m, T, R, b->max_ctx, b->n_tables, 1, graph, st)) return 0; // warm up (and capture)
+	CK(cudaEventRecord(m->ev0, m->stream));
+	for (int i = 0; i < n; i++)
+		if (!launch(m, T, R, b->max_ctx, b->n_tables, 1, graph, st)) return 0;
+	CK(cudaEventRecord(m->ev1, m->stream));
+	CK(cudaEventSynchronize(m->ev1));
+	CK(cudaEventElapsedTime(ms, m->ev0, m->ev1));
+	return 1;
+}
+
+extern "C" const char *dcu_prof_name(int kind) { return kind >= 0 && kind < DCU_PROF_KINDS ? prof_names[kind] : ""; }
+
+extern "C" int dcu_profile_step(dcu_model *m, const dcu_batch *b, float *ms_by_kind, dcu_status *st) {
+	if (!prepare(m, b, st)) return 0;
+	int T = b->num_tokens, R = b->num_rows;
+	if (!enqueue(m, T, R, b->max_ctx, b->n_tables, 1, st)) return 0; // warm up
+	m->prof_on = 1;
+	m->prof_n = 0;
+	int ok = enqueue(m, T, R, b->max_ctx, b->n_tables, 1, st);
+	m->prof_on = 0;
+	if (!ok) return 0;
+	CK(cudaStreamSynchronize(m->stream));
+	for (int k = 0; k < DCU_PROF_KINDS; k++) ms_by_kind[k] = 0.f;
+	for (int i = 1; i < m->prof_n; i++) {
+		float ms;
+		CK(cudaEventElapsedTime(&ms, m->prof_ev[i - 1], m->prof_ev[i]));
+		ms_by_kind[m->prof_kind[i]] += ms;
+	}
+	return 1;
+}
+
+extern "C" int dcu_model_destroy(dcu_model *m, dcu_status *st) {
+	if (!m) return 1;
+	int ok = 1;
+	if (m->stream) {
+		cudaError_t e = cudaStreamSynchronize(m->stream);
+		if (e != cudaSuccess) {
+			set_status(st, DCU_ERR_CUDA, (int)e, cudaGetErrorName(e), "%s (cudaStreamSynchronize in destroy)", cudaGetErrorString(e));
+			ok = 0;
+		}
+	}
+	drop_graphs(m);
+	free_scratch(m);
+	cudaFree(m->blas_ws);
+	cudaFree(m->logits); cudaFree(m->d_argmax); cudaFree(m->d_ints); cudaFreeHost(m->h_ints);
+	cudaFree(m->pacc); cudaFree(m->pm); cudaFree(m->pl);
+	cudaFree(m->wbuf); cudaFree(m->inv_freq);
+	for (auto e : m->prof_ev) cudaEventDestroy(e);
+	if (m->ev0) cudaEventDestroy(m->ev0);
+	if (m->ev1) cudaEventDestroy(m->ev1);
+	if (m->blas) cublasDestroy(m->blas);
+	if (m->stream) cudaStreamDestroy(m->stream);
+	delete m;
+	return ok;
+}

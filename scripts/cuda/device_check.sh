@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (through the device tool), from the repo root, with
+# cuda/build/cuda.test built here by `scripts/cuda/build.sh test` and carried.
+#   scripts/cuda/device_check.sh [fixtures] [shape] [bench] [memcheck] [syslib]   (default: all)
+# Logs and JSON go to $OUT (or ./out/device).
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+OUT=${OUT:-$ROOT/out/device}
+mkdir -p "$OUT"
+STEPS=${*:-fixtures shape bench memcheck syslib}
+export PYTHONUNBUFFERED=1
+# cuBLAS 13: the nvidia-cublas wheel beside PyTorch first (checked to work,
+# 2026-11-25), else the system CUDA toolkit.
+for d in $(python3 -c 'import site; print(" ".join(p + "/nvidia/cu13/lib" for p in site.getsitepackages()))' 2>/dev/null) \
+         /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+  if [ -e "$d/libcublas.so.13" ]; then LIBD=$d; break; fi
+done
+[ -n "${LIBD:-}" ] || LIBD=$(dirname "$(find / -xdev -name 'libcublas.so.13' 2>/dev/null | head -1)")
+export LD_LIBRARY_PATH="$LIBD${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+echo "libcublas from $LIBD: $(ls "$LIBD"/libcublas.so.13.* 2>/dev/null | xargs -n1 basename)"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
+T=$ROOT/cuda/build/cuda.test
+SHAPE=${SHAPE_DIR:-/tmp/shape}
+cd "$ROOT/cuda"
+has() { [[ " $STEPS " == *" $1 "* ]]; }
+if has fixtures; then
+  echo "== fixtures"
+  timeout 120 "$T" -test.v -test.count=1 -test.run 'TestFixture|TestBadBatch' 2>&1 | tee "$OUT/fixtures.log" | grep -E '^(LOGITS|GREEDY|---|FAIL|PASS|ok|panic)|cuda_test' 
+fi
+if has syslib; then
+  # the same fixture tests against the system toolkit's cuBLAS, if there is one
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    [ -e "$d/libcublas.so.13" ] || continue
+    echo "== fixtures with $d: $(ls "$d"/libcublas.so.13.* | xargs -n1 basename)"
+    LD_LIBRARY_PATH=$d timeout 120 "$T" -test.v -test.count=1 -test.run 'TestFixture' 2>&1 | tee "$OUT/fixtures-syslib.log" | grep -E '^(LOGITS.*worst|GREEDY.*:|---)'
+    break
+  done
+fi
+if has shape || has bench; then
+  echo "== transformers reference (TinyLlama shape, random bf16 weights)"
+  bflag=; has bench && bflag=--bench
+  timeout 300 python3 "$ROOT/scripts/cuda/make_ref.py" "$SHAPE" $bflag 2>&1 | tee "$OUT/make_ref.log" | grep -vE 'Warning|warn'
+  cp -f "$SHAPE/hf_bench.json" "$OUT/" 2>/dev/null
+fi
+if has shape; then
+  echo "== shape model vs transformers"
+  DCU_REF=$SHAPE timeout 180 "$T" -test.v -test.count=1 -test.run 'TestShapeModel' 2>&1 | tee "$OUT/shape.log" | grep -E 'SHAPE (alone|mixed|worst)|^(---|FAIL|PASS|ok|panic)|cuda_test'
+  echo "== shape model again, the batch decode kernel forced on single-sequence decode steps (DCU_DEC_MIN=1)"
+  DCU_DEC_MIN=1 DCU_REF=$SHAPE timeout 180 "$T" -test.v -test.count=1 -test.run 'TestShapeModel' 2>&1 | tee "$OUT/shape-dec.log" | grep -E 'SHAPE (alone  decode|worst)|^(---|FAIL|PASS|ok|panic)|cuda_test'
+fi
+if has bench; then
+  echo "== benchmarks"
+  DCU_OUT=$OUT DCU_REF=$SHAPE DCU_BENCH=1 timeout 240 "$T" -test.v -test.count=1 -test.run 'TestBench' 2>&1 | tee "$OUT/bench.log" | grep -E 'BENCH|PROFILE|^(---|FAIL|PASS|ok|panic)|cuda_test'
+fi
+if has tune; then
+  echo "== decode/prefill timings under the tuning knobs (DCU_FILL, DCU_PMAX, DCU_DEC_MIN)"
+  for v in "DCU_PMAX=512" "DCU_PMAX=256" "DCU_PMAX=128" "DCU_FILL=8 DCU_PMAX=256" "DCU_DEC_MIN=100000"; do
+    echo "-- $v"
+    env $v DCU_REF=$SHAPE DCU_BENCH=1 timeout 60 "$T" -test.count=1 -test.run 'TestBench' 2>&1 | grep -E 'BENCH (decode|prefill)|PROFILE decode b256' | sed -E 's/\| no graph.*//'
+  done
+fi
+if has ncu; then
+  echo "== ncu: one tiled attention launch of the 2048-token prefill (TestShapeModel)"
+  DCU_REF=$SHAPE timeout 200 ncu --kernel-name regex:attn_tile --launch-skip 160 --launch-count 1 \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    "$T" -test.count=1 -test.run 'TestShapeModel' > "$OUT/ncu.txt" 2>&1
+  grep -E 'attn_tile|Duration|Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit|Stall|Warp Cycles Per Issued' "$OUT/ncu.txt" | head -40
+fi
+if has memcheck; then
+  echo "== compute-sanitizer memcheck"
+  timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$T" -test.count=1 -test.run 'TestFixtureLogits/tiny-llama3|TestBadBatch' > "$OUT/memcheck.log" 2>&1
+  echo "memcheck exit $?"; tail -4 "$OUT/memcheck.log"
+  if [ -f "$SHAPE/ref.json" ]; then
+    echo "== compute-sanitizer memcheck, TinyLlama-shaped model (tensor-core prefill and decode kernels, GEMV)"
+    DCU_DEC_MIN=1 DCU_REF=$SHAPE timeout 400 compute-sanitizer --tool memcheck --error-exitcode 9 "$T" -test.count=1 -test.run 'TestShapeModel' > "$OUT/memcheck-shape.log" 2>&1
+    echo "memcheck exit $?"; tail -3 "$OUT/memcheck-shape.log"
+  fi
+fi
