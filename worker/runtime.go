@@ -22,10 +22,11 @@ import (
 	"disagg/transceiver"
 	// The KV transceiver backends register themselves by name; each loads
 	// its native library only when chosen.
+	"disagg/cuda"
 	_ "disagg/transceiver/nixl"
 	_ "disagg/transceiver/ucx"
 	"disagg/worker/chat"
-	"disagg/worker/compute/cpu"
+	"disagg/worker/compute"
 	"disagg/worker/config"
 	roles "disagg/worker/disagg"
 	"disagg/worker/engine"
@@ -42,7 +43,8 @@ type Runtime struct {
 	Tokenizer *tokenizer.Tokenizer
 	Chat      *chat.Config
 	Pool      *kvcache.Pool
-	Backend   *cpu.Backend
+	Backend   compute.Backend
+	device    *cuda.Device // the GPU, when the CUDA backend runs
 	Engine    *engine.Engine
 	MaxSeqLen int
 	// Transceiver moves KV between workers; nil when it could not be
@@ -112,20 +114,11 @@ func Open(cfg config.Config, log *slog.Logger) (*Runtime, error) {
 		rt.MaxSeqLen = cfg.MaxSeqLen
 	}
 
-	if cfg.ComputeBackend == "cuda" {
-		return nil, fmt.Errorf("worker: compute_backend cuda: this build has no CUDA backend yet; use cpu or auto")
-	}
-	layout := cpu.LayoutFor(mc, cfg.KVCache.TokensPerBlock)
-	blocks := poolBlocks(cfg, layout, rt.MaxSeqLen)
-	if blocks < layout.BlocksFor(rt.MaxSeqLen) {
-		return nil, fmt.Errorf("worker: a KV pool of %d blocks cannot hold one sequence of max_seq_len %d; raise kv_cache_config.max_tokens or lower max_seq_len", blocks, rt.MaxSeqLen)
-	}
-	if rt.Pool, err = kvcache.NewHostPool(layout, blocks); err != nil {
+	layout, err := rt.openBackend(cfg, log)
+	if err != nil {
 		return nil, err
 	}
-	if rt.Backend, err = cpu.New(rt.Model, rt.Pool, cpu.Options{Threads: cfg.Threads}); err != nil {
-		return nil, err
-	}
+	blocks := rt.Pool.NumBlocks()
 	rt.Engine, err = engine.New(rt.Backend, rt.Pool, engine.Config{
 		MaxBatchSize: cfg.MaxBatchSize,
 		MaxNumTokens: cfg.MaxNumTokens,
@@ -261,6 +254,9 @@ func (rt *Runtime) Close() error {
 	}
 	if rt.Pool != nil {
 		errs = append(errs, rt.Pool.Close())
+	}
+	if rt.device != nil {
+		errs = append(errs, rt.device.Close())
 	}
 	if rt.Model != nil {
 		errs = append(errs, rt.Model.Close())
