@@ -69,7 +69,7 @@ fixtures: ## regenerate testdata/ with Hugging Face transformers (needs ~4 GB of
 .PHONY: cuda
 cuda: ## CUDA backend: kernels for sm_90 (cuda/build/libdcu.a), bin/worker-cuda and cuda/build/cuda.test (CUDA 13.0 wheels into .venv-cuda when no system CUDA)
 	@test -x .venv-cuda/bin/python || command -v nvcc >/dev/null || scripts/cuda/setup.sh
-	scripts/cuda/build.sh test
+	scripts/cuda/build.sh
 
 .PHONY: bench-model
 bench-model: ## CPU backend micro-benchmarks (tiny model)

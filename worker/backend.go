@@ -60,8 +60,11 @@ func (rt *Runtime) openCUDA(cfg config.Config, log *slog.Logger) (kvcache.Layout
 		_ = dev.Close()
 		return layout, err
 	}
+	// The weights, cuBLAS's workspace and the activations come first: the
+	// fraction applies to what is left after them (as trtllm's does after
+	// the model is loaded).
 	weights := bf16Bytes(rt.Model.Weights)
-	budget := int64(float64(free-weights) * cfg.KVCache.FreeGPUMemoryFraction)
+	budget := int64(float64(free-weights-gpuReserve) * cfg.KVCache.FreeGPUMemoryFraction)
 	blocks := int(budget / int64(layout.BlockBytes()))
 	if cfg.KVCache.MaxTokens > 0 {
 		blocks = min(blocks, layout.BlocksFor(cfg.KVCache.MaxTokens))
@@ -85,6 +88,10 @@ func (rt *Runtime) openCUDA(cfg config.Config, log *slog.Logger) (kvcache.Layout
 	log.Info("CUDA backend", "gpu_free_bytes", free, "gpu_total_bytes", total, "weights_bytes", weights, "kv_blocks", blocks)
 	return layout, nil
 }
+
+// gpuReserve is kept free of the KV pool for cuBLAS workspaces, activations
+// and CUDA graphs.
+const gpuReserve = 2 << 30
 
 // bf16Bytes is the size of the weights once uploaded as bfloat16.
 func bf16Bytes(w *model.Weights) int64 {
