@@ -51,6 +51,9 @@ type Device struct {
 	quit chan struct{}
 }
 
+// Built is true: this binary carries the CUDA backend.
+const Built = true
+
 // OpenDevice starts the owner goroutine of GPU ordinal (after
 // CUDA_VISIBLE_DEVICES) and creates its context.
 func OpenDevice(ordinal int) (*Device, error) {

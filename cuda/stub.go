@@ -12,6 +12,10 @@ import (
 )
 
 // Device is the owner of one GPU; without the cuda tag it cannot be opened.
+// Built is false: this binary has no CUDA backend (build with make cuda).
+const Built = false
+
+// Device is a GPU (never, in this build).
 type Device struct{}
 
 // OpenDevice returns ErrNotBuilt in a build without the cuda tag.

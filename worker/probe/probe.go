@@ -19,7 +19,9 @@ import (
 	"strings"
 	"time"
 
+	"disagg/cuda"
 	"disagg/internal/dl"
+	"disagg/transceiver/ucx"
 )
 
 // Report is the probe's JSON document.
@@ -28,7 +30,11 @@ type Report struct {
 	Memory    Memory             `json:"memory"`
 	GPUs      GPUs               `json:"gpus"`
 	Libraries map[string]Library `json:"libraries"`
-	Build     Build              `json:"build"`
+	// UCX is what the UCX transceiver's library can do (DISAGG_UCX_LIB or
+	// libucp.so.0): version and the memory types it registers.
+	UCX    *ucx.Capabilities `json:"ucx_transceiver,omitempty"`
+	UCXErr string            `json:"ucx_transceiver_error,omitempty"`
+	Build  Build             `json:"build"`
 }
 
 // CPU describes the processor.
@@ -45,11 +51,14 @@ type Memory struct {
 	AvailableBytes int64 `json:"available_bytes"`
 }
 
-// GPUs says whether the NVIDIA driver is present. Device details come with
-// the CUDA backend.
+// GPUs says whether the NVIDIA driver is present and, in a CUDA build, the
+// memory of the first visible GPU.
 type GPUs struct {
 	Driver        Library `json:"driver"`
 	VisibleDevice string  `json:"cuda_visible_devices,omitempty"`
+	FreeBytes     int64   `json:"free_bytes,omitempty"`
+	TotalBytes    int64   `json:"total_bytes,omitempty"`
+	Error         string  `json:"error,omitempty"`
 }
 
 // Library is one native library's load result.
@@ -74,10 +83,26 @@ func Collect(ctx context.Context) Report {
 		CPU:       cpuInfo(),
 		Memory:    memInfo(),
 		Libraries: map[string]Library{},
-		Build:     Build{Go: runtime.Version(), Cgo: cgoEnabled, CUDA: false},
+		Build:     Build{Go: runtime.Version(), Cgo: cgoEnabled, CUDA: cuda.Built},
 	}
 	r.GPUs.Driver = tryLoad("libnvidia-ml.so.1", "", "the NVIDIA driver (GPU machines only)")
 	r.GPUs.VisibleDevice = os.Getenv("CUDA_VISIBLE_DEVICES")
+	if cuda.Built && r.GPUs.Driver.Found {
+		if dev, err := cuda.OpenDevice(0); err != nil {
+			r.GPUs.Error = err.Error()
+		} else {
+			r.GPUs.FreeBytes, r.GPUs.TotalBytes, err = dev.MemInfo(ctx)
+			if err != nil {
+				r.GPUs.Error = err.Error()
+			}
+			_ = dev.Close()
+		}
+	}
+	if caps, err := ucx.Probe(os.Getenv("DISAGG_UCX_LIB")); err != nil {
+		r.UCXErr = err.Error()
+	} else {
+		r.UCX = &caps
+	}
 	r.Libraries["ucx"] = tryLoad("libucp.so.0", "ucp_get_version_string", "apt-get install libucx-dev (or the libucx-cu13 wheel for GPU memory)")
 	nixl := "libnixl_capi.so"
 	if d := os.Getenv("NIXL_LIB_DIR"); d != "" {
