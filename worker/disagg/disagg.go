@@ -484,17 +484,10 @@ func (m *Manager) verify(p *api.DisaggregatedParams, prompt []int32) (State, tra
 }
 
 // pull moves the context worker's blocks into local ones and notifies it.
+// A cached connection that turns out to be dead (the context worker
+// restarted, or an earlier transfer timed out and the transceiver gave the
+// endpoint up) is dropped and the read retried once on a fresh one.
 func (m *Manager) pull(ctx context.Context, st State, remote transceiver.Info, local []int32) *api.Error {
-	peer, err := m.peer(ctx, st.Info)
-	if err != nil {
-		m.metrics.failures.Inc()
-		return api.NewError(http.StatusBadGateway, api.TypeServer, "",
-			fmt.Sprintf("Could not connect to the context worker %q: %v.", remote.Agent, err))
-	}
-	rd, ok := peer.(transceiver.Reader)
-	if !ok {
-		return api.Unavailable("The %s transceiver cannot pull KV blocks.", m.opts.Transceiver.Backend())
-	}
 	t := transceiver.Transfer{RequestID: uint64(st.CtxRequestID), Pairs: make([]transceiver.BlockPair, len(local)),
 		LocalBlocks: local, RemoteBlocks: st.Blocks}
 	for i := range local {
@@ -503,14 +496,38 @@ func (m *Manager) pull(ctx context.Context, st State, remote transceiver.Info, l
 	tctx, cancel := context.WithTimeout(ctx, m.opts.TransferTimeout)
 	defer cancel()
 	start := time.Now()
-	err = rd.Read(tctx, t)
-	if err != nil {
-		m.metrics.failures.Inc()
-		if errors.Is(err, transceiver.ErrPeerFailed) || errors.Is(err, transceiver.ErrClosed) {
+	var peer transceiver.Peer
+	var err error
+	for attempt := 0; ; attempt++ {
+		peer, err = m.peer(tctx, st.Info)
+		if err != nil {
+			m.metrics.failures.Inc()
+			return api.NewError(http.StatusBadGateway, api.TypeServer, "",
+				fmt.Sprintf("Could not connect to the context worker %q: %v.", remote.Agent, err))
+		}
+		rd, ok := peer.(transceiver.Reader)
+		if !ok {
+			return api.Unavailable("The %s transceiver cannot pull KV blocks.", m.opts.Transceiver.Backend())
+		}
+		err = rd.Read(tctx, t)
+		if err == nil {
+			break
+		}
+		dead := errors.Is(err, transceiver.ErrPeerFailed) || errors.Is(err, transceiver.ErrClosed)
+		switch {
+		case dead || errors.Is(err, context.DeadlineExceeded):
+			// The transceiver may have given this endpoint up: the next
+			// transfer connects afresh. A context worker that did not
+			// answer in time frees its blocks at its own deadline.
 			m.dropPeer(st.Info, peer)
-		} else {
+			if dead && attempt == 0 && tctx.Err() == nil {
+				m.log.Info("the cached connection to the context worker is dead; reconnecting", "peer", peer.Name(), "err", err)
+				continue
+			}
+		default:
 			m.notify(peer, transceiver.Notification{RequestID: uint64(st.CtxRequestID), Err: err.Error()})
 		}
+		m.metrics.failures.Inc()
 		switch {
 		case ctx.Err() != nil:
 			return api.NewError(499, api.TypeInvalidRequest, "", "The request was cancelled during the KV transfer.")
