@@ -122,7 +122,12 @@ func (s *Server) runContext(ctx context.Context, j *job, p *api.DisaggregatedPar
 			last = o
 		}
 	}
-	if !stopped {
+	// A context phase that goes on in a generation worker answers only the
+	// text that is final: the decoder's held-back bytes (a byte-fallback
+	// run that later tokens may still turn into another character) and a
+	// possible stop-string prefix stay out, since the generation worker
+	// answers the whole text again and the proxy streams this part first.
+	if !stopped && last.Finish != engine.FinishContextDone {
 		text, st := stop.push(dec.Flush())
 		res.text += text
 		stopped = st
