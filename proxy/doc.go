@@ -63,7 +63,8 @@
 //
 // # Response headers
 //
-// X-Request-Id; X-Disagg-Context-Server and X-Disagg-Context-Ms (time to the
+// X-Request-Id; X-Disagg-KV-Bytes and X-Disagg-KV-Transfer-Ms as the
+// generation worker reported its KV pull; X-Disagg-Context-Server and X-Disagg-Context-Ms (time to the
 // context reply); X-Disagg-Generation-Server and X-Disagg-Generation-Ms
 // (time to the generation server's answer; for a stream they are HTTP
 // trailers, with the time to the stream's end).

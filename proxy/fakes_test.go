@@ -186,6 +186,8 @@ func (f *fakeWorker) handle(w http.ResponseWriter, r *http.Request, chat bool) {
 	case len(prompt) == 0 || (chat && len(req.PromptTokenIDs) == 0) || (!chat && len(req.Prompt.Tokens) != 1):
 		_ = api.WriteError(w, api.InvalidRequest("prompt", "generation_only needs the prompt's token ids"))
 	default:
+		w.Header().Set(api.HeaderKVBytes, "4096") // as a real generation worker reports its pull
+		w.Header().Set(api.HeaderKVTransferMs, "0.250")
 		f.answerGeneration(w, r, &req, chat, prompt, maxTokens)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"disagg/api"
@@ -155,6 +156,7 @@ func (p *Proxy) answerGeneration(ctx context.Context, w http.ResponseWriter, c c
 		}
 		w.Header().Set(HeaderGenerationServer, cr.server.URL)
 		w.Header().Set(HeaderGenerationMs, ms(elapsed))
+		copyKVHeaders(w.Header(), cr.resp.Header)
 		p.writeJSON(w, out)
 		p.metrics.e2e.Observe(time.Since(start).Seconds())
 		return
@@ -164,7 +166,7 @@ func (p *Proxy) answerGeneration(ctx context.Context, w http.ResponseWriter, c c
 // streamGeneration streams the answer: the first token from the context
 // reply when allowed, then the generation server's events.
 func (p *Proxy) streamGeneration(ctx context.Context, w http.ResponseWriter, c call, res *ctxResult, body []byte, reqID string, start time.Time) {
-	w.Header().Set("Trailer", HeaderGenerationServer+", "+HeaderGenerationMs)
+	w.Header().Set("Trailer", strings.Join([]string{HeaderGenerationServer, HeaderGenerationMs, api.HeaderKVBytes, api.HeaderKVTransferMs}, ", "))
 	sse := newSSE(w, p, start)
 	st := &streamState{promptTokens: res.promptTokens()}
 	if p.cfg.firstTokenEarly() && c.earlyOK() && res.text != "" {
@@ -195,6 +197,7 @@ func (p *Proxy) streamGeneration(ctx context.Context, w http.ResponseWriter, c c
 		if err == nil {
 			w.Header().Set(HeaderGenerationServer, cr.server.URL)
 			w.Header().Set(HeaderGenerationMs, ms(time.Since(start)))
+			copyKVHeaders(w.Header(), cr.resp.Header)
 			if st.mismatch {
 				p.log.Warn("the generation stream did not repeat the first token's text; sent its remainder", "request_id", reqID)
 			}
@@ -394,4 +397,13 @@ func (e *sseWriter) raw(data []byte) {
 // ms formats a duration in milliseconds with microsecond precision.
 func ms(d time.Duration) string {
 	return strconv.FormatFloat(float64(d.Microseconds())/1000, 'f', 3, 64)
+}
+
+// copyKVHeaders passes the generation worker's KV transfer report on.
+func copyKVHeaders(dst, src http.Header) {
+	for _, h := range []string{api.HeaderKVBytes, api.HeaderKVTransferMs} {
+		if v := src.Get(h); v != "" {
+			dst.Set(h, v)
+		}
+	}
 }

@@ -72,6 +72,9 @@ func TestCompletionSDK(t *testing.T) {
 			t.Errorf("header %s missing", h)
 		}
 	}
+	if resp.Header.Get(api.HeaderKVBytes) != "4096" || resp.Header.Get(api.HeaderKVTransferMs) != "0.250" {
+		t.Errorf("KV transfer headers not passed on: %q %q", resp.Header.Get(api.HeaderKVBytes), resp.Header.Get(api.HeaderKVTransferMs))
+	}
 	if resp.Header.Get(HeaderRequestID) != "req-123" || c.gen.lastHeader().Get("X-Request-Id") != "req-123" {
 		t.Errorf("request id not forwarded")
 	}

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -94,6 +95,13 @@ func (n *node) waitIdle(t *testing.T, what string) {
 // post sends body to path and returns the status and body.
 func post(t *testing.T, url, path string, body any) (int, []byte) {
 	t.Helper()
+	status, out, _ := postHeader(t, url, path, body)
+	return status, out
+}
+
+// postHeader is post that also returns the response headers.
+func postHeader(t *testing.T, url, path string, body any) (int, []byte, http.Header) {
+	t.Helper()
 	data, err := json.Marshal(body)
 	if err != nil {
 		t.Fatal(err)
@@ -107,7 +115,7 @@ func post(t *testing.T, url, path string, body any) (int, []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return resp.StatusCode, out
+	return resp.StatusCode, out, resp.Header
 }
 
 // ctxReply is the part of a context reply the generation request needs.
@@ -278,9 +286,15 @@ func TestDisaggregatedGreedyMatchesAggregated(t *testing.T) {
 		}
 		gen := generationRequest(req, "/v1/completions", r)
 		if i%2 == 0 {
-			status, body = post(t, genN.srv.URL, "/v1/completions", gen)
+			var hdr http.Header
+			status, body, hdr = postHeader(t, genN.srv.URL, "/v1/completions", gen)
 			if status != 200 {
 				t.Fatalf("case %d: generation phase: %d %s", i, status, body)
+			}
+			layout := genN.rt.Pool.Layout()
+			wantBytes := strconv.Itoa(layout.BlocksFor(len(ref.PromptIDs)) * layout.BlockBytes())
+			if got := hdr.Get(api.HeaderKVBytes); got != wantBytes || hdr.Get(api.HeaderKVTransferMs) == "" {
+				t.Errorf("case %d: %s = %q (want %s), %s = %q", i, api.HeaderKVBytes, got, wantBytes, api.HeaderKVTransferMs, hdr.Get(api.HeaderKVTransferMs))
 			}
 			got, finish := answerText(t, body)
 			if diff := cmp.Diff(want, got); diff != "" || finish != "length" {

@@ -408,23 +408,24 @@ func (m *Manager) Close() error {
 // worker it may free its blocks, and returns the engine's Resume. The
 // caller owns the returned blocks until engine.Submit succeeds (Free them
 // if it fails).
-func (m *Manager) Fetch(ctx context.Context, p *api.DisaggregatedParams, prompt []int32) (*engine.Resume, *api.Error) {
+func (m *Manager) Fetch(ctx context.Context, p *api.DisaggregatedParams, prompt []int32) (*engine.Resume, api.KVTransfer, *api.Error) {
 	if e := m.Check(api.RequestGenerationOnly); e != nil {
-		return nil, e
+		return nil, api.KVTransfer{}, e
 	}
 	st, remote, e := m.verify(p, prompt)
 	if e != nil {
-		return nil, e
+		return nil, api.KVTransfer{}, e
 	}
 	local, err := m.pool.Alloc(len(st.Blocks))
 	if err != nil {
-		return nil, api.Unavailable("No free KV cache blocks for a prompt of %d tokens; retry later.", st.Tokens)
+		return nil, api.KVTransfer{}, api.Unavailable("No free KV cache blocks for a prompt of %d tokens; retry later.", st.Tokens)
 	}
-	if e := m.pull(ctx, st, remote, local); e != nil {
+	moved, e := m.pull(ctx, st, remote, local)
+	if e != nil {
 		m.Free(local)
-		return nil, e
+		return nil, api.KVTransfer{}, e
 	}
-	return &engine.Resume{Blocks: local, FirstTokens: slices.Clone(p.FirstGenTokens)}, nil
+	return &engine.Resume{Blocks: local, FirstTokens: slices.Clone(p.FirstGenTokens)}, moved, nil
 }
 
 // verify checks everything about a generation_only request before any
@@ -487,7 +488,7 @@ func (m *Manager) verify(p *api.DisaggregatedParams, prompt []int32) (State, tra
 // A cached connection that turns out to be dead (the context worker
 // restarted, or an earlier transfer timed out and the transceiver gave the
 // endpoint up) is dropped and the read retried once on a fresh one.
-func (m *Manager) pull(ctx context.Context, st State, remote transceiver.Info, local []int32) *api.Error {
+func (m *Manager) pull(ctx context.Context, st State, remote transceiver.Info, local []int32) (api.KVTransfer, *api.Error) {
 	t := transceiver.Transfer{RequestID: uint64(st.CtxRequestID), Pairs: make([]transceiver.BlockPair, len(local)),
 		LocalBlocks: local, RemoteBlocks: st.Blocks}
 	for i := range local {
@@ -502,12 +503,12 @@ func (m *Manager) pull(ctx context.Context, st State, remote transceiver.Info, l
 		peer, err = m.peer(tctx, st.Info)
 		if err != nil {
 			m.metrics.failures.Inc()
-			return api.NewError(http.StatusBadGateway, api.TypeServer, "",
+			return api.KVTransfer{}, api.NewError(http.StatusBadGateway, api.TypeServer, "",
 				fmt.Sprintf("Could not connect to the context worker %q: %v.", remote.Agent, err))
 		}
 		rd, ok := peer.(transceiver.Reader)
 		if !ok {
-			return api.Unavailable("The %s transceiver cannot pull KV blocks.", m.opts.Transceiver.Backend())
+			return api.KVTransfer{}, api.Unavailable("The %s transceiver cannot pull KV blocks.", m.opts.Transceiver.Backend())
 		}
 		err = rd.Read(tctx, t)
 		if err == nil {
@@ -530,12 +531,12 @@ func (m *Manager) pull(ctx context.Context, st State, remote transceiver.Info, l
 		m.metrics.failures.Inc()
 		switch {
 		case ctx.Err() != nil:
-			return api.NewError(499, api.TypeInvalidRequest, "", "The request was cancelled during the KV transfer.")
+			return api.KVTransfer{}, api.NewError(499, api.TypeInvalidRequest, "", "The request was cancelled during the KV transfer.")
 		case errors.Is(err, context.DeadlineExceeded):
-			return api.NewError(http.StatusGatewayTimeout, api.TypeServer, "",
+			return api.KVTransfer{}, api.NewError(http.StatusGatewayTimeout, api.TypeServer, "",
 				fmt.Sprintf("The KV transfer from the context worker did not finish within kv_transfer_timeout_ms (%v).", m.opts.TransferTimeout))
 		}
-		return api.NewError(http.StatusBadGateway, api.TypeServer, "", fmt.Sprintf("The KV transfer from the context worker failed: %v.", err))
+		return api.KVTransfer{}, api.NewError(http.StatusBadGateway, api.TypeServer, "", fmt.Sprintf("The KV transfer from the context worker failed: %v.", err))
 	}
 	// Device blocks would need a kernel to checksum: then the check is
 	// left out.
@@ -543,15 +544,15 @@ func (m *Manager) pull(ctx context.Context, st State, remote transceiver.Info, l
 		if err := transceiver.Verify(transceiver.RegionOf(m.pool), local, st.Sums); err != nil {
 			m.metrics.failures.Inc()
 			m.notify(peer, transceiver.Notification{RequestID: uint64(st.CtxRequestID), Err: err.Error()})
-			return api.NewError(http.StatusBadGateway, api.TypeServer, "", fmt.Sprintf("The KV received from the context worker is corrupt: %v.", err))
+			return api.KVTransfer{}, api.NewError(http.StatusBadGateway, api.TypeServer, "", fmt.Sprintf("The KV received from the context worker is corrupt: %v.", err))
 		}
 	}
-	elapsed := time.Since(start)
-	m.metrics.seconds.Observe(elapsed.Seconds())
-	m.metrics.bytes.Add(float64(len(local) * m.pool.Layout().BlockBytes()))
-	m.log.Debug("KV pulled", "ctx_request_id", st.CtxRequestID, "blocks", len(local), "duration", elapsed)
+	moved := api.KVTransfer{Bytes: int64(len(local)) * int64(m.pool.Layout().BlockBytes()), Duration: time.Since(start)}
+	m.metrics.seconds.Observe(moved.Duration.Seconds())
+	m.metrics.bytes.Add(float64(moved.Bytes))
+	m.log.Debug("KV pulled", "ctx_request_id", st.CtxRequestID, "blocks", len(local), "duration", moved.Duration)
 	m.notify(peer, transceiver.Notification{RequestID: uint64(st.CtxRequestID)})
-	return nil
+	return moved, nil
 }
 
 // notify tells the context worker (in the background) that it may free a

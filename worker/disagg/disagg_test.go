@@ -89,7 +89,7 @@ func TestRolesAndUnavailable(t *testing.T) {
 	if pool.FreeBlocks() != 8 {
 		t.Errorf("%d free blocks after a refused Park, want 8", pool.FreeBlocks())
 	}
-	if _, e := m.Fetch(context.Background(), &api.DisaggregatedParams{RequestType: api.RequestGenerationOnly}, []int32{1}); e == nil ||
+	if _, _, e := m.Fetch(context.Background(), &api.DisaggregatedParams{RequestType: api.RequestGenerationOnly}, []int32{1}); e == nil ||
 		e.Status != http.StatusServiceUnavailable {
 		t.Fatalf("Fetch without a transceiver: %v", e)
 	}

@@ -101,10 +101,12 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		s.serveContext(w, r, j, req.DisaggregatedParams, true)
 		return
 	case api.RequestGenerationOnly:
-		if j.resume, e = s.deps.Disagg.Fetch(r.Context(), req.DisaggregatedParams, prompt); e != nil {
+		var moved api.KVTransfer
+		if j.resume, moved, e = s.deps.Disagg.Fetch(r.Context(), req.DisaggregatedParams, prompt); e != nil {
 			s.writeError(w, e)
 			return
 		}
+		setKVHeaders(w, moved)
 	}
 	events, cancel, e := s.run(r.Context(), j)
 	if e != nil {

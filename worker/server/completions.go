@@ -66,10 +66,12 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 		s.serveContext(w, r, j, req.DisaggregatedParams, false)
 		return
 	case api.RequestGenerationOnly:
-		if j.resume, e = s.deps.Disagg.Fetch(r.Context(), req.DisaggregatedParams, prompts[0]); e != nil {
+		var moved api.KVTransfer
+		if j.resume, moved, e = s.deps.Disagg.Fetch(r.Context(), req.DisaggregatedParams, prompts[0]); e != nil {
 			s.writeError(w, e)
 			return
 		}
+		setKVHeaders(w, moved)
 	}
 	events, cancel, e := s.run(r.Context(), j)
 	if e != nil {

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"net/http"
+	"strconv"
 	"time"
 
 	"disagg/api"
@@ -24,7 +25,7 @@ type Disaggregator interface {
 	// Fetch verifies a generation_only request's params and moves the
 	// prompt's KV into blocks of the engine's pool. The caller owns them
 	// until the engine accepts the Resume.
-	Fetch(ctx context.Context, p *api.DisaggregatedParams, prompt []int32) (*engine.Resume, *api.Error)
+	Fetch(ctx context.Context, p *api.DisaggregatedParams, prompt []int32) (*engine.Resume, api.KVTransfer, *api.Error)
 	// Free returns blocks the caller owns to the engine.
 	Free(blocks []int32)
 }
@@ -238,3 +239,9 @@ func (s *Server) serveContext(w http.ResponseWriter, r *http.Request, j *job, p 
 
 // timeSince is the time since j arrived, in seconds.
 func timeSince(j *job) float64 { return time.Since(j.start).Seconds() }
+
+// setKVHeaders reports a generation_only request's KV transfer.
+func setKVHeaders(w http.ResponseWriter, moved api.KVTransfer) {
+	w.Header().Set(api.HeaderKVBytes, strconv.FormatInt(moved.Bytes, 10))
+	w.Header().Set(api.HeaderKVTransferMs, strconv.FormatFloat(float64(moved.Duration.Microseconds())/1000, 'f', 3, 64))
+}
