@@ -25,6 +25,10 @@ const (
 	CodeContextLengthExceeded = "context_length_exceeded"
 	// CodeUnsupported: the request uses a feature this server does not have.
 	CodeUnsupported = "unsupported_parameter"
+	// CodeKVTransferFailed: a generation worker could not get the context
+	// worker's KV (unreachable, too slow, expired, corrupt). The generation
+	// worker is fine: the proxy re-runs the prefill elsewhere.
+	CodeKVTransferFailed = "kv_transfer_failed"
 )
 
 // Error is the OpenAI error object, the value of "error" in an error body:

@@ -53,6 +53,7 @@ const (
 	modeMidStream // stream two chunks, then drop the connection
 	modeHang      // stream one chunk, then wait for the request to be cancelled
 	modeStatus400 // answer 400 (context length exceeded)
+	modeHandoff   // a generation server whose next KV pull fails (502 kv_transfer_failed), once
 )
 
 type fakeWorker struct {
@@ -140,6 +141,13 @@ func (f *fakeWorker) handle(w http.ResponseWriter, r *http.Request, chat bool) {
 	f.bodies = append(f.bodies, body)
 	f.headers = append(f.headers, r.Header.Clone())
 	f.mu.Unlock()
+	if f.mode.CompareAndSwap(modeHandoff, modeOK) {
+		e := api.NewError(http.StatusBadGateway, api.TypeServer, "", "The KV transfer from the context worker failed: peer gone.").WithCode(api.CodeKVTransferFailed)
+		if err := api.WriteError(w, e); err != nil {
+			f.t.Log(err)
+		}
+		return
+	}
 	if f.mode.Load() == modeStatus500 {
 		if err := api.WriteError(w, api.Internal("fake failure")); err != nil {
 			f.t.Log(err)

@@ -30,44 +30,62 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, c call, reqID stri
 		p.writeError(w, api.Internal("Could not encode the context request: %v.", err))
 		return
 	}
-	res, raw, cs, ctxDur, ue := p.runContext(ctx, c, ctxBody, reqID)
-	if ue != nil {
-		p.fail(w, ue, reqID)
-		return
-	}
-	h.Set(HeaderContextServer, cs.URL)
-	h.Set(HeaderContextMs, ms(ctxDur))
+	// A failed KV handoff (the generation server could not get the context
+	// server's KV) re-runs the prefill on another context server, unseen by
+	// the client, while nothing has reached it and the budget lasts.
+	var ctxTried []*Server
+	for attempt := 0; ; attempt++ {
+		res, raw, cs, ctxDur, tried, ue := p.runContext(ctx, c, ctxBody, reqID, ctxTried)
+		ctxTried = tried
+		if ue != nil {
+			p.fail(w, ue, reqID)
+			return
+		}
+		h.Set(HeaderContextServer, cs.URL)
+		h.Set(HeaderContextMs, ms(ctxDur))
 
-	if finished(res, c.maxTokens()) {
-		p.metrics.answeredByCtx.Inc()
-		p.answerFromContext(w, c, res, raw, start)
-		return
+		if finished(res, c.maxTokens()) {
+			p.metrics.answeredByCtx.Inc()
+			p.answerFromContext(w, c, res, raw, start)
+			return
+		}
+		if err := checkContext(res); err != nil {
+			p.fail(w, p.badReply(cs, err), reqID)
+			return
+		}
+		genBody, err := c.generationBody(res, did)
+		if err != nil {
+			p.writeError(w, api.Internal("Could not encode the generation request: %v.", err))
+			return
+		}
+		var handoff *upstreamError
+		if c.streaming() {
+			handoff = p.streamGeneration(ctx, w, c, res, genBody, reqID, start)
+		} else {
+			handoff = p.answerGeneration(ctx, w, c, res, genBody, reqID, start)
+		}
+		if handoff == nil {
+			return
+		}
+		if attempt >= p.cfg.MaxRetries {
+			p.fail(w, handoff, reqID)
+			return
+		}
+		p.metrics.retries.WithLabelValues(RoleContext).Inc()
+		p.log.Info("KV handoff failed; prefilling again on another context server", "request_id", reqID, "context_server", cs.URL, "error", handoff.Error())
 	}
-	if err := checkContext(res); err != nil {
-		p.fail(w, p.badReply(cs, err), reqID)
-		return
-	}
-	genBody, err := c.generationBody(res, did)
-	if err != nil {
-		p.writeError(w, api.Internal("Could not encode the generation request: %v.", err))
-		return
-	}
-	if c.streaming() {
-		p.streamGeneration(ctx, w, c, res, genBody, reqID, start)
-		return
-	}
-	p.answerGeneration(ctx, w, c, res, genBody, reqID, start)
 }
 
 // runContext sends the context_only request and reads the reply, retrying
 // on another context server where that may help.
-func (p *Proxy) runContext(ctx context.Context, c call, body []byte, reqID string) (*ctxResult, []byte, *Server, time.Duration, *upstreamError) {
-	var tried []*Server
+// tried lists context servers this request used before; the updated list
+// comes back.
+func (p *Proxy) runContext(ctx context.Context, c call, body []byte, reqID string, tried []*Server) (*ctxResult, []byte, *Server, time.Duration, []*Server, *upstreamError) {
 	for {
 		cr, t, ue := p.callWithRetry(ctx, p.ctxPool, c.route(), c.path(), body, reqID, tried)
 		tried = t
 		if ue != nil {
-			return nil, nil, nil, 0, ue
+			return nil, nil, nil, 0, tried, ue
 		}
 		data, ue := p.readReply(ctx, cr.server, cr.resp)
 		elapsed := cr.elapsed
@@ -79,14 +97,14 @@ func (p *Proxy) runContext(ctx context.Context, c call, body []byte, reqID strin
 			if ue.retry && len(tried) <= p.cfg.MaxRetries {
 				continue
 			}
-			return nil, nil, nil, 0, ue
+			return nil, nil, nil, 0, tried, ue
 		}
 		p.metrics.phase.WithLabelValues(RoleContext).Observe(elapsed.Seconds())
 		res, err := c.parseContext(data)
 		if err != nil {
-			return nil, nil, nil, 0, p.badReply(cr.server, err)
+			return nil, nil, nil, 0, tried, p.badReply(cr.server, err)
 		}
-		return res, data, cr.server, elapsed, nil
+		return res, data, cr.server, elapsed, tried, nil
 	}
 }
 
@@ -125,15 +143,19 @@ func (p *Proxy) answerFromContext(w http.ResponseWriter, c call, res *ctxResult,
 	p.metrics.e2e.Observe(time.Since(start).Seconds())
 }
 
-// answerGeneration runs a non-streamed generation phase.
-func (p *Proxy) answerGeneration(ctx context.Context, w http.ResponseWriter, c call, res *ctxResult, body []byte, reqID string, start time.Time) {
+// answerGeneration runs a non-streamed generation phase. A failed KV
+// handoff comes back unanswered, for the caller to prefill again.
+func (p *Proxy) answerGeneration(ctx context.Context, w http.ResponseWriter, c call, res *ctxResult, body []byte, reqID string, start time.Time) (handoff *upstreamError) {
 	var tried []*Server
 	for {
 		cr, t, ue := p.callWithRetry(ctx, p.genPool, c.route(), c.path(), body, reqID, tried)
 		tried = t
 		if ue != nil {
+			if ue.handoff {
+				return ue
+			}
 			p.fail(w, ue, reqID)
-			return
+			return nil
 		}
 		data, ue := p.readReply(ctx, cr.server, cr.resp)
 		cr.release()
@@ -144,28 +166,32 @@ func (p *Proxy) answerGeneration(ctx context.Context, w http.ResponseWriter, c c
 			if ue.retry && len(tried) <= p.cfg.MaxRetries {
 				continue
 			}
+			if ue.handoff {
+				return ue
+			}
 			p.fail(w, ue, reqID)
-			return
+			return nil
 		}
 		elapsed := cr.elapsed
 		p.metrics.phase.WithLabelValues(RoleGeneration).Observe(elapsed.Seconds())
 		out, err := c.fixReply(data, res)
 		if err != nil {
 			p.fail(w, p.badReply(cr.server, err), reqID)
-			return
+			return nil
 		}
 		w.Header().Set(HeaderGenerationServer, cr.server.URL)
 		w.Header().Set(HeaderGenerationMs, ms(elapsed))
 		copyKVHeaders(w.Header(), cr.resp.Header)
 		p.writeJSON(w, out)
 		p.metrics.e2e.Observe(time.Since(start).Seconds())
-		return
+		return nil
 	}
 }
 
 // streamGeneration streams the answer: the first token from the context
-// reply when allowed, then the generation server's events.
-func (p *Proxy) streamGeneration(ctx context.Context, w http.ResponseWriter, c call, res *ctxResult, body []byte, reqID string, start time.Time) {
+// reply when allowed, then the generation server's events. A failed KV
+// handoff before anything reached the client comes back unanswered.
+func (p *Proxy) streamGeneration(ctx context.Context, w http.ResponseWriter, c call, res *ctxResult, body []byte, reqID string, start time.Time) (handoff *upstreamError) {
 	w.Header().Set("Trailer", strings.Join([]string{HeaderGenerationServer, HeaderGenerationMs, api.HeaderKVBytes, api.HeaderKVTransferMs}, ", "))
 	sse := newSSE(w, p, start)
 	st := &streamState{promptTokens: res.promptTokens()}
@@ -187,8 +213,11 @@ func (p *Proxy) streamGeneration(ctx context.Context, w http.ResponseWriter, c c
 		cr, t, ue := p.callWithRetry(ctx, p.genPool, c.route(), c.path(), body, reqID, tried)
 		tried = t
 		if ue != nil {
+			if ue.handoff && !sse.started {
+				return ue
+			}
 			p.streamFail(w, sse, ue, reqID)
-			return
+			return nil
 		}
 		p.metrics.phase.WithLabelValues(RoleGeneration).Observe(cr.elapsed.Seconds())
 		relayed, err := p.relay(ctx, sse, c, st, cr.resp.Body)
@@ -202,11 +231,11 @@ func (p *Proxy) streamGeneration(ctx context.Context, w http.ResponseWriter, c c
 				p.log.Warn("the generation stream did not repeat the first token's text; sent its remainder", "request_id", reqID)
 			}
 			p.metrics.e2e.Observe(time.Since(start).Seconds())
-			return
+			return nil
 		}
 		if sse.err != nil {
 			p.log.Debug("client went away during the stream", "request_id", reqID, "error", sse.err)
-			return
+			return nil
 		}
 		var ue2 *upstreamError
 		if !errors.As(err, &ue2) {
@@ -219,7 +248,7 @@ func (p *Proxy) streamGeneration(ctx context.Context, w http.ResponseWriter, c c
 			continue
 		}
 		p.streamFail(w, sse, ue2, reqID)
-		return
+		return nil
 	}
 }
 

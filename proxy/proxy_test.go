@@ -333,6 +333,45 @@ func TestRetryGenerationServer500(t *testing.T) {
 	}
 }
 
+// TestHandoffFailureRePrefills: when the generation server cannot get the
+// context server's KV, the proxy prefills again on the other context server
+// and the client sees a normal answer; the generation server stays up.
+func TestHandoffFailureRePrefills(t *testing.T) {
+	for _, stream := range []bool{false, true} {
+		c := newCluster(t, func(cfg *Config) { f := false; cfg.StreamFirstTokenFromContext = &f })
+		c.gen.mode.Store(modeHandoff)
+		want, _ := fakeText(3)
+		params := openai.CompletionNewParams{Model: fakeModel, Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String("Hi")}, MaxTokens: openai.Int(3)}
+		var got string
+		if stream {
+			s := c.client.Completions.NewStreaming(testCtx(t), params)
+			for s.Next() {
+				for _, ch := range s.Current().Choices {
+					got += ch.Text
+				}
+			}
+			if s.Err() != nil {
+				t.Fatalf("stream: %v", s.Err())
+			}
+		} else {
+			out, err := c.client.Completions.New(testCtx(t), params)
+			if err != nil {
+				t.Fatalf("handoff failure reached the client: %v", err)
+			}
+			got = out.Choices[0].Text
+		}
+		if got != want {
+			t.Errorf("stream %v: text %q, want %q", stream, got, want)
+		}
+		if c.ctx1.calls() != 1 || c.ctx2.calls() != 1 || c.gen.calls() != 2 {
+			t.Errorf("stream %v: calls ctx1 %d ctx2 %d gen %d, want 1 1 2 (prefill again elsewhere, then generate)", stream, c.ctx1.calls(), c.ctx2.calls(), c.gen.calls())
+		}
+		if !c.tp.p.Servers(RoleGeneration)[0].up.Load() {
+			t.Errorf("stream %v: the generation server was marked down for a handoff failure", stream)
+		}
+	}
+}
+
 func TestAllGenerationServersDown(t *testing.T) {
 	ctx1 := newFakeWorker(t, RoleContext)
 	tp := newTestProxy(t, []string{ctx1.srv.URL}, []string{deadURL(t), deadURL(t)}, nil)

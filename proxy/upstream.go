@@ -26,6 +26,7 @@ const (
 	failCanceled = "canceled"
 	failBadReply = "bad_reply"
 	failStream   = "stream"
+	failHandoff  = "kv_handoff"
 )
 
 // upstreamError is a failed call to a worker, with what to do about it.
@@ -35,6 +36,9 @@ type upstreamError struct {
 	retry bool
 	// down: the server looks dead; mark it down.
 	down bool
+	// handoff: a generation server could not get the context server's KV;
+	// the generation server is fine, the prefill must run again.
+	handoff bool
 	// client is what the client is told when no retry helps.
 	client *api.Error
 	err    error
@@ -101,6 +105,11 @@ func (p *Proxy) post(ctx context.Context, s *Server, path string, body []byte, r
 	}
 	er.Error.Status = resp.StatusCode
 	switch {
+	case er.Error.Code != nil && *er.Error.Code == api.CodeKVTransferFailed:
+		ue := &upstreamError{kind: failHandoff, handoff: true, err: fmt.Errorf("status %d: %s", resp.StatusCode, er.Error.Message)}
+		ue.client = api.NewError(http.StatusBadGateway, api.TypeServer, "",
+			fmt.Sprintf("The KV handoff to the %s server failed: %s", s.Role, er.Error.Message))
+		return nil, p.count(s, ue)
 	case resp.StatusCode >= 500:
 		ue := &upstreamError{kind: failStatus5, retry: true, down: true, err: fmt.Errorf("status %d: %s", resp.StatusCode, er.Error.Message)}
 		ue.client = api.NewError(http.StatusBadGateway, api.TypeServer, "",

@@ -370,8 +370,8 @@ func TestDisaggregatedCorruptKV(t *testing.T) {
 	}
 	data[int(st.Blocks[0])*ctxN.rt.Pool.Layout().BlockElems()+3] += 1
 	status, body := post(t, genN.srv.URL, "/v1/completions", generationRequest(req, "/v1/completions", r))
-	if status != 502 || !strings.Contains(string(body), "checksum") {
-		t.Errorf("got %d %s, want a 502 naming the checksum", status, body)
+	if status != 502 || !strings.Contains(string(body), "checksum") || !strings.Contains(string(body), `"code":"`+api.CodeKVTransferFailed+`"`) {
+		t.Errorf("got %d %s, want a 502 naming the checksum, with code %s (the proxy's cue to prefill again)", status, body, api.CodeKVTransferFailed)
 	}
 	genN.waitIdle(t, "generation worker after the corrupt transfer")
 	ctxN.waitIdle(t, "context worker after the abort notification")

@@ -414,6 +414,9 @@ func (m *Manager) Fetch(ctx context.Context, p *api.DisaggregatedParams, prompt 
 	}
 	st, remote, e := m.verify(p, prompt)
 	if e != nil {
+		if e.Status == http.StatusGatewayTimeout { // the context worker's KV expired
+			e = e.WithCode(api.CodeKVTransferFailed)
+		}
 		return nil, api.KVTransfer{}, e
 	}
 	local, err := m.pool.Alloc(len(st.Blocks))
@@ -423,6 +426,9 @@ func (m *Manager) Fetch(ctx context.Context, p *api.DisaggregatedParams, prompt 
 	moved, e := m.pull(ctx, st, remote, local)
 	if e != nil {
 		m.Free(local)
+		if e.Status >= 500 {
+			e = e.WithCode(api.CodeKVTransferFailed)
+		}
 		return nil, api.KVTransfer{}, e
 	}
 	return &engine.Resume{Blocks: local, FirstTokens: slices.Clone(p.FirstGenTokens)}, moved, nil
