@@ -93,7 +93,10 @@ func startProcess(t *testing.T, exe string, env []string, addrRE, readyRE *regex
 	})
 	addr := make(chan string, 1)
 	ready := make(chan struct{})
-	go func() {
+	if readyRE == nil {
+		close(ready)
+	}
+	go func(readyRE *regexp.Regexp) {
 		s := bufio.NewScanner(stderr)
 		s.Buffer(make([]byte, 64<<10), 1<<20)
 		got := ""
@@ -116,10 +119,7 @@ func startProcess(t *testing.T, exe string, env []string, addrRE, readyRE *regex
 			}
 		}
 		_, _ = io.Copy(io.Discard, stderr) // keep draining after a long line
-	}()
-	if readyRE == nil {
-		close(ready)
-	}
+	}(readyRE)
 	deadline := time.After(60 * time.Second)
 	var a string
 	select {
