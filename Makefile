@@ -26,6 +26,18 @@ build: ## build bin/worker (CPU backend; cgo for dlopen of native libraries)
 run: build native ## local disaggregated cluster on the embedded model (2 context, 1 generation worker, proxy on $(HOST):$(PORT)); shows requests answered, serves until Ctrl-C
 	@scripts/run-local.sh $(BIN)/worker $(HOST) $(PORT)
 
+.PHONY: e2e
+e2e: native ## real-process disaggregated tests: 2 context workers, 1 generation worker and the proxy, over UCX and NIXL, with kills and freezes
+	$(GO) test -race -count=1 -run 'TestDisagg' ./cmd/worker/
+
+.PHONY: launch
+launch: build native ## the deployment of configs/ on this node: one worker per GPU (CUDA_VISIBLE_DEVICES), then the proxy
+	scripts/launch.sh
+
+.PHONY: client
+client: ## send scripts/prompts.json through the proxy of configs/disagg_config.yaml
+	$(PYTHON) scripts/disagg_client.py -c configs/disagg_config.yaml -p scripts/prompts.json
+
 .PHONY: setup
 setup: venv native ## install everything the tests need (apt packages, project virtualenv)
 
