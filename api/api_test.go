@@ -206,3 +206,29 @@ func TestValidateDefaults(t *testing.T) {
 		t.Errorf("decoded %+v", r)
 	}
 }
+
+func TestRequestID(t *testing.T) {
+	for _, tc := range []struct {
+		header string
+		keep   bool
+	}{
+		{"req-123", true},
+		{"", false},
+		{strings.Repeat("a", 129), false},
+		{"has space", false},
+		{`quo"te`, false},
+		{"ünicode", false},
+	} {
+		r, _ := http.NewRequest("POST", "/", nil)
+		if tc.header != "" {
+			r.Header.Set(HeaderRequestID, tc.header)
+		}
+		got := RequestID(r, "cmpl-")
+		if tc.keep && got != tc.header {
+			t.Errorf("%q: id %q, want it kept", tc.header, got)
+		}
+		if !tc.keep && (!strings.HasPrefix(got, "cmpl-") || len(got) != len("cmpl-")+24) {
+			t.Errorf("%q: id %q, want a fresh cmpl- id", tc.header, got)
+		}
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -145,7 +144,7 @@ func (p *Proxy) routes() http.Handler {
 		if !known {
 			endpoint = "other"
 		}
-		rec := &statusRecorder{ResponseWriter: w}
+		rec := &api.StatusRecorder{ResponseWriter: w}
 		p.metrics.inFlight.Inc()
 		defer func() {
 			p.metrics.inFlight.Dec()
@@ -154,11 +153,11 @@ func (p *Proxy) routes() http.Handler {
 					panic(v)
 				}
 				p.log.Error("panic in handler", "path", r.URL.Path, "panic", v, "stack", string(debug.Stack()))
-				if !rec.wrote {
+				if !rec.Wrote() {
 					p.writeError(rec, api.Internal("Internal server error."))
 				}
 			}
-			p.metrics.requests.WithLabelValues(endpoint, statusLabel(rec.statusCode())).Inc()
+			p.metrics.requests.WithLabelValues(endpoint, statusLabel(rec.StatusCode())).Inc()
 		}()
 		switch {
 		case !known:
@@ -317,7 +316,7 @@ func (p *Proxy) handleCompletions(w http.ResponseWriter, r *http.Request) {
 		p.writeError(w, e)
 		return
 	}
-	p.serve(w, r, c, requestID(r, "cmpl-"), start)
+	p.serve(w, r, c, api.RequestID(r, "cmpl-"), start)
 }
 
 func (p *Proxy) handleChat(w http.ResponseWriter, r *http.Request) {
@@ -335,62 +334,5 @@ func (p *Proxy) handleChat(w http.ResponseWriter, r *http.Request) {
 		p.writeError(w, e)
 		return
 	}
-	p.serve(w, r, c, requestID(r, "chatcmpl-"), start)
-}
-
-// requestID is the X-Request-Id header when it is reasonable, else a new
-// id with the given prefix. Both workers get it, so that their answers
-// carry the same id.
-func requestID(r *http.Request, prefix string) string {
-	if id := r.Header.Get(HeaderRequestID); validRequestID(id) {
-		return id
-	}
-	var b [12]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return fmt.Sprintf("%s%x", prefix, time.Now().UnixNano())
-	}
-	return prefix + hex.EncodeToString(b[:])
-}
-
-func validRequestID(id string) bool {
-	if id == "" || len(id) > 128 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		if c := id[i]; c <= ' ' || c >= 0x7f || c == '"' || c == '\\' {
-			return false
-		}
-	}
-	return true
-}
-
-// statusRecorder remembers the status written, for metrics.
-type statusRecorder struct {
-	http.ResponseWriter
-	status int
-	wrote  bool
-}
-
-func (r *statusRecorder) WriteHeader(code int) {
-	if !r.wrote {
-		r.status, r.wrote = code, true
-	}
-	r.ResponseWriter.WriteHeader(code)
-}
-
-func (r *statusRecorder) Write(b []byte) (int, error) {
-	if !r.wrote {
-		r.status, r.wrote = http.StatusOK, true
-	}
-	return r.ResponseWriter.Write(b)
-}
-
-// Unwrap lets http.ResponseController reach the writer's Flush.
-func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
-
-func (r *statusRecorder) statusCode() int {
-	if !r.wrote {
-		return http.StatusOK
-	}
-	return r.status
+	p.serve(w, r, c, api.RequestID(r, "chatcmpl-"), start)
 }

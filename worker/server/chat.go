@@ -23,7 +23,7 @@ type chatRequest struct {
 // template carries them.
 func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	id := requestID(r, "chatcmpl-")
+	id := api.RequestID(r, "chatcmpl-")
 	w.Header().Set("X-Request-Id", id)
 
 	var body chatRequest

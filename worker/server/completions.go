@@ -14,7 +14,7 @@ const maxSequences = 1024
 // handleCompletions answers POST /v1/completions.
 func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	id := requestID(r, "cmpl-")
+	id := api.RequestID(r, "cmpl-")
 	w.Header().Set("X-Request-Id", id)
 
 	var req api.CompletionRequest

@@ -15,11 +15,8 @@ package server
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/subtle"
-	"encoding/hex"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"runtime/debug"
@@ -175,7 +172,7 @@ func (s *Server) routes() http.Handler {
 			endpoint = "other"
 		}
 		start := time.Now()
-		rec := &statusRecorder{ResponseWriter: w}
+		rec := &api.StatusRecorder{ResponseWriter: w}
 		s.metrics.inFlight.Inc()
 		defer func() {
 			s.metrics.inFlight.Dec()
@@ -184,13 +181,13 @@ func (s *Server) routes() http.Handler {
 					panic(v)
 				}
 				s.log.Error("panic in handler", "path", r.URL.Path, "panic", v, "stack", string(debug.Stack()))
-				if !rec.wrote {
+				if !rec.Wrote() {
 					s.writeError(rec, api.Internal("Internal server error."))
 				}
 			}
-			s.metrics.requests.WithLabelValues(endpoint, strconv.Itoa(rec.statusCode())).Inc()
+			s.metrics.requests.WithLabelValues(endpoint, strconv.Itoa(rec.StatusCode())).Inc()
 			if endpoint != "/health" && endpoint != "/metrics" {
-				s.log.Debug("http request", "method", r.Method, "path", r.URL.Path, "status", rec.statusCode(),
+				s.log.Debug("http request", "method", r.Method, "path", r.URL.Path, "status", rec.StatusCode(),
 					"request_id", rec.Header().Get("X-Request-Id"), "duration", time.Since(start))
 			}
 		}()
@@ -259,65 +256,6 @@ func (s *Server) checkModel(model string) *api.Error {
 		return api.ModelNotFound(model)
 	}
 	return nil
-}
-
-// requestID is the X-Request-Id header when it is reasonable, else a new
-// id with the given prefix.
-func requestID(r *http.Request, prefix string) string {
-	if id := r.Header.Get("X-Request-Id"); validRequestID(id) {
-		return id
-	}
-	var b [12]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		// crypto/rand does not fail on supported platforms; fall back to time.
-		return fmt.Sprintf("%s%x", prefix, time.Now().UnixNano())
-	}
-	return prefix + hex.EncodeToString(b[:])
-}
-
-func validRequestID(id string) bool {
-	if id == "" || len(id) > 128 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		if c := id[i]; c <= ' ' || c >= 0x7f || c == '"' || c == '\\' {
-			return false
-		}
-	}
-	return true
-}
-
-// statusRecorder remembers the status written, for metrics and recovery.
-type statusRecorder struct {
-	http.ResponseWriter
-	status int
-	wrote  bool
-}
-
-// WriteHeader records the first status.
-func (r *statusRecorder) WriteHeader(code int) {
-	if !r.wrote {
-		r.status, r.wrote = code, true
-	}
-	r.ResponseWriter.WriteHeader(code)
-}
-
-// Write records an implicit 200.
-func (r *statusRecorder) Write(b []byte) (int, error) {
-	if !r.wrote {
-		r.status, r.wrote = http.StatusOK, true
-	}
-	return r.ResponseWriter.Write(b)
-}
-
-// Unwrap lets http.ResponseController reach Flush.
-func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
-
-func (r *statusRecorder) statusCode() int {
-	if !r.wrote {
-		return http.StatusOK
-	}
-	return r.status
 }
 
 // classify maps an engine error to an OpenAI error.
