@@ -181,7 +181,7 @@ func (p *Proxy) answerGeneration(ctx context.Context, w http.ResponseWriter, c c
 		}
 		w.Header().Set(HeaderGenerationServer, cr.server.URL)
 		w.Header().Set(HeaderGenerationMs, ms(elapsed))
-		copyKVHeaders(w.Header(), cr.resp.Header)
+		p.kvReport(w.Header(), cr.resp.Header)
 		p.writeJSON(w, out)
 		p.metrics.e2e.Observe(time.Since(start).Seconds())
 		return nil
@@ -226,7 +226,7 @@ func (p *Proxy) streamGeneration(ctx context.Context, w http.ResponseWriter, c c
 		if err == nil {
 			w.Header().Set(HeaderGenerationServer, cr.server.URL)
 			w.Header().Set(HeaderGenerationMs, ms(time.Since(start)))
-			copyKVHeaders(w.Header(), cr.resp.Header)
+			p.kvReport(w.Header(), cr.resp.Header)
 			if st.mismatch {
 				p.log.Warn("the generation stream did not repeat the first token's text; sent its remainder", "request_id", reqID)
 			}
@@ -428,11 +428,18 @@ func ms(d time.Duration) string {
 	return strconv.FormatFloat(float64(d.Microseconds())/1000, 'f', 3, 64)
 }
 
-// copyKVHeaders passes the generation worker's KV transfer report on.
-func copyKVHeaders(dst, src http.Header) {
+// kvReport passes the generation worker's KV transfer report on to the
+// client and into the proxy's metrics.
+func (p *Proxy) kvReport(dst, src http.Header) {
 	for _, h := range []string{api.HeaderKVBytes, api.HeaderKVTransferMs} {
 		if v := src.Get(h); v != "" {
 			dst.Set(h, v)
 		}
+	}
+	if b, err := strconv.ParseInt(src.Get(api.HeaderKVBytes), 10, 64); err == nil && b >= 0 {
+		p.metrics.kvBytes.Add(float64(b))
+	}
+	if ms, err := strconv.ParseFloat(src.Get(api.HeaderKVTransferMs), 64); err == nil && ms >= 0 {
+		p.metrics.kvSeconds.Observe(ms / 1000)
 	}
 }

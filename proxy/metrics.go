@@ -36,11 +36,20 @@ type metrics struct {
 	ttft          prometheus.Histogram
 	itl           prometheus.Histogram
 	e2e           prometheus.Histogram
+	kvBytes       prometheus.Counter
+	kvSeconds     prometheus.Histogram
 }
 
 func newMetrics() *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
+		kvBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "disagg_proxy_kv_transfer_bytes_total", Help: "KV bytes the generation servers reported pulling for this proxy's requests.",
+		}),
+		kvSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "disagg_proxy_kv_transfer_seconds", Help: "KV transfer time the generation servers reported, per request.",
+			Buckets: []float64{0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30},
+		}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "disagg_proxy_requests_total", Help: "Client requests answered, by endpoint and status code.",
 		}, []string{"endpoint", "status"}),
@@ -80,7 +89,7 @@ func newMetrics() *metrics {
 		}),
 	}
 	m.reg.MustRegister(m.requests, m.inFlight, m.upstream, m.upstreamErrs, m.retries, m.answeredByCtx,
-		m.serverUp, m.phase, m.ttft, m.itl, m.e2e,
+		m.serverUp, m.phase, m.ttft, m.itl, m.e2e, m.kvBytes, m.kvSeconds,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -75,6 +75,15 @@ func TestCompletionSDK(t *testing.T) {
 	if resp.Header.Get(api.HeaderKVBytes) != "4096" || resp.Header.Get(api.HeaderKVTransferMs) != "0.250" {
 		t.Errorf("KV transfer headers not passed on: %q %q", resp.Header.Get(api.HeaderKVBytes), resp.Header.Get(api.HeaderKVTransferMs))
 	}
+	if mresp, err := http.Get(c.tp.srv.URL + "/metrics"); err != nil {
+		t.Error(err)
+	} else {
+		body, _ := io.ReadAll(mresp.Body)
+		mresp.Body.Close()
+		if !strings.Contains(string(body), "\ndisagg_proxy_kv_transfer_bytes_total 4096\n") || !strings.Contains(string(body), "disagg_proxy_kv_transfer_seconds_count 1") {
+			t.Errorf("/metrics lacks the reported KV transfer (4096 bytes, one observation)")
+		}
+	}
 	if resp.Header.Get(HeaderRequestID) != "req-123" || c.gen.lastHeader().Get("X-Request-Id") != "req-123" {
 		t.Errorf("request id not forwarded")
 	}

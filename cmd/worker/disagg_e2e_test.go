@@ -44,6 +44,9 @@ type clusterOpts struct {
 	transferMS, senderMS int
 	// requestTimeout is the proxy's request_timeout in seconds (0: 60).
 	requestTimeout int
+	// model is a checkpoint folder under testdata/models ("": the
+	// embedded tiny-llama2).
+	model string
 }
 
 type cluster struct {
@@ -99,8 +102,11 @@ func startCluster(t *testing.T, o clusterOpts) *cluster {
 	dir := t.TempDir()
 	env := []string{"WORKER_CLUSTER_SECRET=" + e2eSecret}
 	worker := func(role, cfg string) *proc {
-		return startProcess(t, workerExe, env, listenRE, nil,
-			"--host", "127.0.0.1", "--port", "0", "--role", role, "--config", cfg)
+		args := []string{"--host", "127.0.0.1", "--port", "0", "--role", role, "--config", cfg}
+		if o.model != "" {
+			args = append(args, "--model", filepath.Join("..", "..", "testdata", "models", o.model))
+		}
+		return startProcess(t, workerExe, env, listenRE, nil, args...)
 	}
 	ctxCfg := workerConfig(t, dir, "ctx_config.yaml", o)
 	genCfg := workerConfig(t, dir, "gen_config.yaml", o)
@@ -248,9 +254,9 @@ type greedyCase struct {
 	OutputText string  `json:"output_text"`
 }
 
-func loadGreedyCases(t *testing.T) []greedyCase {
+func loadGreedyCases(t *testing.T, model string) []greedyCase {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join("..", "..", "testdata", "reference", "tiny-llama2", "greedy.json"))
+	data, err := os.ReadFile(filepath.Join("..", "..", "testdata", "reference", model, "greedy.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -403,12 +409,19 @@ func completionReq(prompt any, maxTokens int, stream bool) map[string]any {
 
 // TestDisaggE2EGreedy sends every greedy.json prompt through the proxy, as
 // token ids and as text, streamed and not, all at once, and checks the
-// answers against Hugging Face's: for the UCX and the NIXL transceiver.
+// answers against Hugging Face's: for both fixtures, over the UCX and the
+// NIXL transceiver.
 func TestDisaggE2EGreedy(t *testing.T) {
-	refs := loadGreedyCases(t)
-	for _, backend := range []string{"UCX", "NIXL"} {
-		t.Run(backend, func(t *testing.T) {
-			c := startCluster(t, clusterOpts{backend: backend})
+	for _, tc := range []struct{ model, backend string }{
+		{"tiny-llama2", "UCX"}, {"tiny-llama2", "NIXL"}, {"tiny-llama3", "UCX"}, {"tiny-llama3", "NIXL"},
+	} {
+		refs := loadGreedyCases(t, tc.model)
+		model := tc.model
+		if model == "tiny-llama2" {
+			model = "" // the embedded default
+		}
+		t.Run(tc.model+"/"+tc.backend, func(t *testing.T) {
+			c := startCluster(t, clusterOpts{backend: tc.backend, model: model})
 			ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 			defer cancel()
 			var wg sync.WaitGroup
@@ -419,7 +432,9 @@ func TestDisaggE2EGreedy(t *testing.T) {
 						wg.Add(1)
 						go func() {
 							defer wg.Done()
-							a, err := do(ctx, c.proxy.URL, "/v1/completions", completionReq(prompt, len(ref.OutputIDs), stream), nil)
+							req := completionReq(prompt, len(ref.OutputIDs), stream)
+							req["model"] = tc.model
+							a, err := do(ctx, c.proxy.URL, "/v1/completions", req, nil)
 							if err != nil {
 								t.Errorf("%s: %v", name, err)
 								return
@@ -510,7 +525,7 @@ func wantError(t *testing.T, what string, a *answer, err error) {
 // and checks the answers against the reference.
 func checkServes(t *testing.T, c *cluster, n int) {
 	t.Helper()
-	refs := loadGreedyCases(t)
+	refs := loadGreedyCases(t, "tiny-llama2")
 	cases := []int{1, 2, 3, 4, 5, 6, 7} // not 0: its text prompt is empty
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -533,7 +548,7 @@ func checkServes(t *testing.T, c *cluster, n int) {
 func TestDisaggE2EContextKilledBeforeTransfer(t *testing.T) {
 	eachBackend(t, func(t *testing.T, backend string) {
 		c := startCluster(t, failureOpts(backend))
-		ref := loadGreedyCases(t)[7]
+		ref := loadGreedyCases(t, "tiny-llama2")[7]
 		gen := contextOnly(t, c.ctx[0], ref.PromptIDs, 32)
 		c.signal(t, c.ctx[0], syscall.SIGKILL)
 
@@ -554,7 +569,7 @@ func TestDisaggE2EContextKilledBeforeTransfer(t *testing.T) {
 // come back.
 func TestDisaggE2EGenerationKilledMidStream(t *testing.T) {
 	eachBackend(t, func(t *testing.T, backend string) {
-		ref := loadGreedyCases(t)[3] // 18 prompt tokens: 480 more fit in 512
+		ref := loadGreedyCases(t, "tiny-llama2")[3] // 18 prompt tokens: 480 more fit in 512
 		const maxTokens = 480
 
 		// Killed while it holds the request (frozen), after the client got
@@ -640,7 +655,7 @@ func TestDisaggE2EGenerationKilledMidStream(t *testing.T) {
 func TestDisaggE2ETransferStall(t *testing.T) {
 	eachBackend(t, func(t *testing.T, backend string) {
 		c := startCluster(t, failureOpts(backend))
-		ref := loadGreedyCases(t)[6]
+		ref := loadGreedyCases(t, "tiny-llama2")[6]
 		gen := contextOnly(t, c.ctx[0], ref.PromptIDs, 32)
 		c.signal(t, c.ctx[0], syscall.SIGSTOP)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*failBound)
@@ -672,7 +687,7 @@ func TestDisaggE2ETransferStall(t *testing.T) {
 func TestDisaggE2EClientDisconnect(t *testing.T) {
 	eachBackend(t, func(t *testing.T, backend string) {
 		c := startCluster(t, failureOpts(backend))
-		ref := loadGreedyCases(t)[7]
+		ref := loadGreedyCases(t, "tiny-llama2")[7]
 
 		t.Run("prefill", func(t *testing.T) {
 			// Both context workers frozen: the proxy's context call waits in
@@ -706,7 +721,7 @@ func TestDisaggE2EClientDisconnect(t *testing.T) {
 			// dropped after its second event (the first from the generation
 			// worker), so that most are dropped mid-decode.
 			const streams, maxTokens = 16, 480
-			short := loadGreedyCases(t)[3] // 18 prompt tokens: 480 more fit in 512
+			short := loadGreedyCases(t, "tiny-llama2")[3] // 18 prompt tokens: 480 more fit in 512
 			before, err := metric(c.gen.URL, "worker_generation_tokens_total")
 			if err != nil {
 				t.Fatal(err)
@@ -794,7 +809,7 @@ func TestDisaggE2EFrozenWorker(t *testing.T) {
 		o := failureOpts(backend)
 		o.requestTimeout = 3
 		c := startCluster(t, o)
-		ref := loadGreedyCases(t)[5]
+		ref := loadGreedyCases(t, "tiny-llama2")[5]
 
 		t.Run("generation", func(t *testing.T) {
 			c.signal(t, c.gen, syscall.SIGSTOP)
