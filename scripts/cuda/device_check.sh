@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs on the GPU machine (through the device tool), from the repo root, with
+# Runs on the GPU machine, from the repo root, with
 # cuda/build/cuda.test built here by `scripts/cuda/build.sh test` and carried.
 #   scripts/cuda/device_check.sh [fixtures] [shape] [bench] [memcheck] [syslib]   (default: all)
 # Logs and JSON go to $OUT (or ./out/device).
