@@ -503,7 +503,7 @@ def run_greedy(model, hf, eos_ids, pad_id):
     return res
 
 
-MIN_MARGIN = 2e-3  # the brief asks for >= 1e-3; we keep some headroom
+MIN_MARGIN = 2e-3  # float32 implementations differ by ~1e-5; keep greedy far from ties
 
 
 def check_greedy_plain(model, greedy):
