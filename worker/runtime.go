@@ -6,6 +6,7 @@ package worker
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -19,10 +20,10 @@ import (
 	"golang.org/x/term"
 
 	"disagg"
+	"disagg/cuda"
 	"disagg/transceiver"
 	// The KV transceiver backends register themselves by name; each loads
 	// its native library only when chosen.
-	"disagg/cuda"
 	_ "disagg/transceiver/nixl"
 	_ "disagg/transceiver/ucx"
 	"disagg/worker/chat"
@@ -261,18 +262,5 @@ func (rt *Runtime) Close() error {
 	if rt.Model != nil {
 		errs = append(errs, rt.Model.Close())
 	}
-	return joinErrs(errs)
-}
-
-func joinErrs(errs []error) error {
-	var out []error
-	for _, e := range errs {
-		if e != nil {
-			out = append(out, e)
-		}
-	}
-	if len(out) == 0 {
-		return nil
-	}
-	return fmt.Errorf("worker: close: %v", out)
+	return errors.Join(errs...)
 }
