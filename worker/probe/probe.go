@@ -51,14 +51,16 @@ type Memory struct {
 	AvailableBytes int64 `json:"available_bytes"`
 }
 
-// GPUs says whether the NVIDIA driver is present and, in a CUDA build, the
-// memory of the first visible GPU.
+// GPUs describes the NVIDIA driver and its devices (through NVML). The
+// devices are all of the machine's; CUDA_VISIBLE_DEVICES says which one a
+// worker uses.
 type GPUs struct {
-	Driver        Library `json:"driver"`
-	VisibleDevice string  `json:"cuda_visible_devices,omitempty"`
-	FreeBytes     int64   `json:"free_bytes,omitempty"`
-	TotalBytes    int64   `json:"total_bytes,omitempty"`
-	Error         string  `json:"error,omitempty"`
+	Driver            Library `json:"driver"`
+	DriverVersion     string  `json:"driver_version,omitempty"`
+	CUDADriverVersion string  `json:"cuda_driver_version,omitempty"`
+	Devices           []GPU   `json:"devices"`
+	VisibleDevice     string  `json:"cuda_visible_devices,omitempty"`
+	Error             string  `json:"error,omitempty"`
 }
 
 // Library is one native library's load result.
@@ -87,15 +89,13 @@ func Collect(ctx context.Context) Report {
 	}
 	r.GPUs.Driver = tryLoad("libnvidia-ml.so.1", "", "the NVIDIA driver (GPU machines only)")
 	r.GPUs.VisibleDevice = os.Getenv("CUDA_VISIBLE_DEVICES")
-	if cuda.Built && r.GPUs.Driver.Found {
-		if dev, err := cuda.OpenDevice(0); err != nil {
+	r.GPUs.Devices = []GPU{}
+	if r.GPUs.Driver.Found {
+		devs, driver, cudaVersion, err := nvmlDevices()
+		r.GPUs.Devices = append(r.GPUs.Devices, devs...)
+		r.GPUs.DriverVersion, r.GPUs.CUDADriverVersion = driver, cudaVersion
+		if err != nil {
 			r.GPUs.Error = err.Error()
-		} else {
-			r.GPUs.FreeBytes, r.GPUs.TotalBytes, err = dev.MemInfo(ctx)
-			if err != nil {
-				r.GPUs.Error = err.Error()
-			}
-			_ = dev.Close()
 		}
 	}
 	if caps, err := ucx.Probe(os.Getenv("DISAGG_UCX_LIB")); err != nil {

@@ -10,6 +10,9 @@ import (
 
 func TestCollect(t *testing.T) {
 	r := Collect(context.Background())
+	if r.GPUs.Devices == nil || (!r.GPUs.Driver.Found && (len(r.GPUs.Devices) != 0 || r.GPUs.Driver.Error == "")) {
+		t.Errorf("GPUs without a driver: %+v (want an empty device list and the loader's error)", r.GPUs)
+	}
 	if r.CPU.Cores < 1 || r.Memory.TotalBytes <= 0 {
 		t.Fatalf("implausible report: %+v", r)
 	}
