@@ -8,6 +8,11 @@ import "time"
 const (
 	// HeaderRequestID names a request across the proxy and both workers.
 	HeaderRequestID = "X-Request-Id"
+	// HeaderContextQueueMs is how long a context_only request waited in the
+	// context worker's queue, and HeaderPrefillMs how long its prefill and
+	// first token then took, in milliseconds.
+	HeaderContextQueueMs = "X-Disagg-Context-Queue-Ms"
+	HeaderPrefillMs      = "X-Disagg-Prefill-Ms"
 	// HeaderKVBytes is the size of the KV the generation worker pulled.
 	HeaderKVBytes = "X-Disagg-KV-Bytes"
 	// HeaderKVTransferMs is how long that pull took, in milliseconds.

@@ -24,6 +24,9 @@ type ctxResult struct {
 	// without reading them.
 	promptIDs json.RawMessage
 	usage     *api.Usage
+	// breakdown holds the context server's queue and prefill times
+	// (api.HeaderContextQueueMs, api.HeaderPrefillMs), passed to the client.
+	breakdown map[string]string
 }
 
 // promptTokens is the prompt length the context server reported.

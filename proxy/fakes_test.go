@@ -226,6 +226,8 @@ func promptIDs(req *fakeRequest, chat bool) []int32 {
 // answerContext answers as the real worker does, with the proxy's
 // X-Request-Id as the answer's id.
 func (f *fakeWorker) answerContext(w http.ResponseWriter, id string, req *fakeRequest, chat bool, prompt []int32) {
+	w.Header().Set(api.HeaderContextQueueMs, "0.125") // as a real context worker reports its breakdown
+	w.Header().Set(api.HeaderPrefillMs, "2.500")
 	finish := api.FinishLength // the context phase is over; trtllm says "length"
 	if strings.Contains(string(toBytes(prompt)), stopAtFirst) {
 		finish = api.FinishStop

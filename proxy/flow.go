@@ -43,6 +43,9 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, c call, reqID stri
 		}
 		h.Set(HeaderContextServer, cs.URL)
 		h.Set(HeaderContextMs, ms(ctxDur))
+		for k, v := range res.breakdown {
+			h.Set(k, v)
+		}
 
 		if finished(res, c.maxTokens()) {
 			p.metrics.answeredByCtx.Inc()
@@ -103,6 +106,14 @@ func (p *Proxy) runContext(ctx context.Context, c call, body []byte, reqID strin
 		res, err := c.parseContext(data)
 		if err != nil {
 			return nil, nil, nil, 0, tried, p.badReply(cr.server, err)
+		}
+		for _, h := range []string{api.HeaderContextQueueMs, api.HeaderPrefillMs} {
+			if v := cr.resp.Header.Get(h); v != "" {
+				if res.breakdown == nil {
+					res.breakdown = map[string]string{}
+				}
+				res.breakdown[h] = v
+			}
 		}
 		return res, data, cr.server, elapsed, tried, nil
 	}

@@ -72,6 +72,9 @@ func TestCompletionSDK(t *testing.T) {
 			t.Errorf("header %s missing", h)
 		}
 	}
+	if resp.Header.Get(api.HeaderContextQueueMs) != "0.125" || resp.Header.Get(api.HeaderPrefillMs) != "2.500" {
+		t.Errorf("context breakdown headers not passed on: %q %q", resp.Header.Get(api.HeaderContextQueueMs), resp.Header.Get(api.HeaderPrefillMs))
+	}
 	if resp.Header.Get(api.HeaderKVBytes) != "4096" || resp.Header.Get(api.HeaderKVTransferMs) != "0.250" {
 		t.Errorf("KV transfer headers not passed on: %q %q", resp.Header.Get(api.HeaderKVBytes), resp.Header.Get(api.HeaderKVTransferMs))
 	}

@@ -134,9 +134,14 @@ func contextPhase(t *testing.T, n *node, path string, req map[string]any) ctxRep
 	c := clone(req)
 	c["stream"] = false
 	c["disaggregated_params"] = map[string]any{"request_type": "context_only", "disagg_request_id": 77}
-	status, body := post(t, n.srv.URL, path, c)
+	status, body, hdr := postHeader(t, n.srv.URL, path, c)
 	if status != 200 {
 		t.Fatalf("context phase: %d %s", status, body)
+	}
+	for _, h := range []string{api.HeaderContextQueueMs, api.HeaderPrefillMs} {
+		if ms, err := strconv.ParseFloat(hdr.Get(h), 64); err != nil || ms < 0 {
+			t.Errorf("context reply header %s = %q, want milliseconds", h, hdr.Get(h))
+		}
 	}
 	var r ctxReply
 	if err := json.Unmarshal(body, &r); err != nil {

@@ -729,3 +729,27 @@ func TestLargeBatch(t *testing.T) {
 		t.Errorf("largest step had %d sequences, want 32", biggest)
 	}
 }
+
+// TestQueueTime: the first sampled token reports how long its sequence
+// waited before its first step; no other Output does.
+func TestQueueTime(t *testing.T) {
+	h := newHarness(t, baseConfig(), 64, true)
+	rq := greedyReq("q", []int32{1, 2, 3, 4, 5}, 4)
+	ch := submit(t, h.e, context.Background(), rq)
+	n := 0
+	for o := range ch {
+		if !o.HasToken {
+			continue
+		}
+		if n == 0 && o.QueueTime <= 0 {
+			t.Errorf("first token's QueueTime = %v, want > 0", o.QueueTime)
+		}
+		if n > 0 && o.QueueTime != 0 {
+			t.Errorf("token %d has QueueTime %v, want 0", n, o.QueueTime)
+		}
+		n++
+	}
+	if n != 4 {
+		t.Fatalf("%d tokens, want 4", n)
+	}
+}

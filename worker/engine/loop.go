@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"time"
 
 	"disagg/worker/compute"
 )
@@ -134,6 +135,9 @@ func (e *Engine) planLocked() []work {
 		e.waiting = slices.Delete(e.waiting, 0, 1)
 		e.admitted++
 		s.admitSeq = e.admitted
+		if s.queued == 0 { // the first admission, not a readmission after preemption
+			s.queued = max(time.Since(s.submitted), time.Nanosecond)
+		}
 		s.state = stateRunning
 		e.running = append(e.running, s)
 		plan = append(plan, e.workFor(s, n, s.decoding()))
@@ -269,6 +273,9 @@ func (e *Engine) sampleOne(j sampleJob) sampled {
 	}
 	s.tokens = append(s.tokens, tok)
 	out := Output{Token: tok, HasToken: true, Logprob: lp.Logprob, Top: lp.Top}
+	if len(s.tokens) == s.promptLen+1 {
+		out.QueueTime = s.queued
+	}
 	out.Finish = s.finishFor(tok, e.cfg.MaxSeqLen)
 	return sampled{s: s, out: out}
 }

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"disagg/worker/sampling"
+	"time"
 )
 
 // FinishReason says why a sequence stopped, in OpenAI's words.
@@ -104,6 +105,10 @@ type Output struct {
 	// the caller went away, ErrClosed when the engine stopped, ErrTooLong
 	// when the sequence outgrew the KV pool, or the backend's error.
 	Err error
+	// QueueTime is set on the first sampled token's Output: how long the
+	// sequence waited in the queue before its first model step. The time
+	// from then to that Output is its prefill.
+	QueueTime time.Duration
 	// PromptTokens is the prompt length (set on the last Output), for usage.
 	PromptTokens int
 	// KV is set on the FinishContextDone Output of a ContextOnly sequence:

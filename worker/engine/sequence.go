@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 
 	"disagg/worker/sampling"
 )
@@ -47,7 +48,11 @@ type sequence struct {
 	blocks   []int32 // block table
 	computed int     // tokens whose KV is in blocks
 	admitSeq uint64  // admission order (larger is newer)
-	state    seqState
+	// submitted is when Submit queued the sequence; queued is how long it
+	// then waited for its first admission (0 until admitted).
+	submitted time.Time
+	queued    time.Duration
+	state     seqState
 }
 
 // newSequence makes the state of a validated request.
@@ -66,6 +71,7 @@ func newSequence(ctx context.Context, r *Request, maxTokens int, cfg Config) *se
 		eosIDs:      cfg.EOSTokenIDs,
 		state:       stateWaiting,
 		contextOnly: r.ContextOnly,
+		submitted:   time.Now(),
 	}
 	copy(s.tokens, r.Prompt)
 	if s.minTokens > 0 {

@@ -69,6 +69,8 @@ type contextResult struct {
 	finish string // "" when the request goes on on a generation worker
 	count  int
 	params *api.DisaggregatedParams
+	// queue and prefill split the time to the first token.
+	queue, prefill time.Duration
 }
 
 // runContext runs j's single sequence as a context phase: prefill and the
@@ -101,6 +103,8 @@ func (s *Server) runContext(ctx context.Context, j *job, p *api.DisaggregatedPar
 		if o.HasToken {
 			if len(toks) == 0 {
 				s.metrics.ttft.Observe(timeSince(j))
+				res.queue = o.QueueTime
+				res.prefill = max(time.Since(j.start)-o.QueueTime, 0)
 			}
 			toks = append(toks, o.Token)
 			s.metrics.genToks.Inc()
@@ -218,6 +222,8 @@ func (s *Server) serveContext(w http.ResponseWriter, r *http.Request, j *job, p 
 		return
 	}
 	s.metrics.e2e.Observe(timeSince(j))
+	w.Header().Set(api.HeaderContextQueueMs, millis(res.queue))
+	w.Header().Set(api.HeaderPrefillMs, millis(res.prefill))
 	u := usage(j.prompts, res.count)
 	if chat {
 		c := contextChatChoice{Message: api.ChatResponseMessage{Role: api.RoleAssistant, Content: res.text},
@@ -243,5 +249,10 @@ func timeSince(j *job) float64 { return time.Since(j.start).Seconds() }
 // setKVHeaders reports a generation_only request's KV transfer.
 func setKVHeaders(w http.ResponseWriter, moved api.KVTransfer) {
 	w.Header().Set(api.HeaderKVBytes, strconv.FormatInt(moved.Bytes, 10))
-	w.Header().Set(api.HeaderKVTransferMs, strconv.FormatFloat(float64(moved.Duration.Microseconds())/1000, 'f', 3, 64))
+	w.Header().Set(api.HeaderKVTransferMs, millis(moved.Duration))
+}
+
+// millis formats a duration in milliseconds for the breakdown headers.
+func millis(d time.Duration) string {
+	return strconv.FormatFloat(float64(d.Microseconds())/1000, 'f', 3, 64)
 }
