@@ -52,8 +52,7 @@ var (
 )
 
 const (
-	maxQueuedNotifications = 1 << 16
-	idleWait               = 500 * time.Microsecond
+	idleWait = 500 * time.Microsecond
 	// releaseGiveUp bounds how long an aborted request is retried for
 	// release before it is abandoned (and logged).
 	releaseGiveUp = 10 * time.Second
@@ -88,8 +87,8 @@ type Agent struct {
 	registered bool
 	region     transceiver.Region
 	info       []byte
-	notes      map[uint64]transceiver.Notification
-	waiters    map[uint64]chan transceiver.Notification
+	// mail matches received notifications with their waiters.
+	mail *transceiver.Mailbox
 }
 
 // New loads libnixl_capi.so, creates an agent named cfg.Name and a backend
@@ -111,8 +110,7 @@ func New(cfg transceiver.Config) (*Agent, error) {
 		work:     make(chan func(), 64),
 		loopDone: make(chan struct{}),
 		peers:    map[*Peer]struct{}{},
-		notes:    map[uint64]transceiver.Notification{},
-		waiters:  map[uint64]chan transceiver.Notification{},
+		mail:     transceiver.NewMailbox(),
 	}
 	ready := make(chan error, 1)
 	go a.loop(ready)
@@ -444,14 +442,7 @@ func (a *Agent) deliver(from string, b []byte) {
 		a.log.Warn("nixl: dropping malformed notification", "from", from, "err", err)
 		return
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if ch, ok := a.waiters[n.RequestID]; ok {
-		delete(a.waiters, n.RequestID)
-		ch <- n
-	} else if len(a.notes) < maxQueuedNotifications {
-		a.notes[n.RequestID] = n
-	} else {
+	if !a.mail.Deliver(n) {
 		a.log.Warn("nixl: too many unclaimed notifications, dropping", "request", n.RequestID)
 	}
 }
@@ -780,42 +771,12 @@ func (p *Peer) Close() error {
 // WaitNotification returns requestID's notification once it arrives.
 func (a *Agent) WaitNotification(ctx context.Context, requestID uint64) (transceiver.Notification, error) {
 	a.mu.Lock()
-	if a.closed {
-		a.mu.Unlock()
+	closed := a.closed
+	a.mu.Unlock()
+	if closed {
 		return transceiver.Notification{}, transceiver.ErrClosed
 	}
-	if n, ok := a.notes[requestID]; ok {
-		delete(a.notes, requestID)
-		a.mu.Unlock()
-		return n, nil
-	}
-	if _, dup := a.waiters[requestID]; dup {
-		a.mu.Unlock()
-		return transceiver.Notification{}, fmt.Errorf("nixl: request %d already has a waiter", requestID)
-	}
-	ch := make(chan transceiver.Notification, 1)
-	a.waiters[requestID] = ch
-	a.mu.Unlock()
-	select {
-	case n := <-ch:
-		return n, nil
-	case <-ctx.Done():
-	case <-a.loopDone:
-	}
-	a.mu.Lock()
-	if a.waiters[requestID] == ch {
-		delete(a.waiters, requestID)
-	}
-	a.mu.Unlock()
-	select {
-	case n := <-ch:
-		return n, nil
-	default:
-	}
-	if ctx.Err() == nil {
-		return transceiver.Notification{}, transceiver.ErrClosed
-	}
-	return transceiver.Notification{}, fmt.Errorf("nixl: waiting for request %d: %w", requestID, context.Cause(ctx))
+	return a.mail.Wait(ctx, requestID, a.loopDone)
 }
 
 // Close aborts transfers in flight, deregisters the region and destroys

@@ -54,8 +54,6 @@ const envErrMode = "DISAGG_UCX_ERR_MODE"
 const (
 	// amNotify is the active-message id of notifications.
 	amNotify = 0x4458
-	// maxQueuedNotifications bounds notifications nobody waits for yet.
-	maxQueuedNotifications = 1 << 16
 	// idleWait is how long the idle progress loop sleeps between polls.
 	idleWait = 500 * time.Microsecond
 	// spinAfterActivity keeps the loop polling without sleeping this long
@@ -101,8 +99,8 @@ type Agent struct {
 	registered bool
 	region     transceiver.Region
 	info       []byte
-	notes      map[uint64]transceiver.Notification
-	waiters    map[uint64]chan transceiver.Notification
+	// mail matches received notifications with their waiters.
+	mail *transceiver.Mailbox
 }
 
 // New loads libucp (cfg.UCXLib or DefaultLibrary) and starts an agent:
@@ -119,8 +117,7 @@ func New(cfg transceiver.Config) (*Agent, error) {
 		work:     make(chan func(), 64),
 		loopDone: make(chan struct{}),
 		peers:    map[*Peer]struct{}{},
-		notes:    map[uint64]transceiver.Notification{},
-		waiters:  map[uint64]chan transceiver.Notification{},
+		mail:     transceiver.NewMailbox(),
 	}
 	fd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
 	if err != nil {
@@ -816,16 +813,9 @@ func (a *Agent) deliver() bool {
 			a.log.Warn("ucx: dropping malformed notification", "err", err)
 			continue
 		}
-		a.mu.Lock()
-		if ch, ok := a.waiters[n.RequestID]; ok {
-			delete(a.waiters, n.RequestID)
-			ch <- n
-		} else if len(a.notes) < maxQueuedNotifications {
-			a.notes[n.RequestID] = n
-		} else {
+		if !a.mail.Deliver(n) {
 			a.log.Warn("ucx: too many unclaimed notifications, dropping", "request", n.RequestID)
 		}
-		a.mu.Unlock()
 	}
 	if d := uint64(a.queue.dropped); d != a.dropped {
 		a.log.Warn("ucx: notifications dropped in the receive handler", "count", d-a.dropped)
@@ -837,42 +827,12 @@ func (a *Agent) deliver() bool {
 // WaitNotification returns requestID's notification once it arrives.
 func (a *Agent) WaitNotification(ctx context.Context, requestID uint64) (transceiver.Notification, error) {
 	a.mu.Lock()
-	if a.closed {
-		a.mu.Unlock()
+	closed := a.closed
+	a.mu.Unlock()
+	if closed {
 		return transceiver.Notification{}, transceiver.ErrClosed
 	}
-	if n, ok := a.notes[requestID]; ok {
-		delete(a.notes, requestID)
-		a.mu.Unlock()
-		return n, nil
-	}
-	if _, dup := a.waiters[requestID]; dup {
-		a.mu.Unlock()
-		return transceiver.Notification{}, fmt.Errorf("ucx: request %d already has a waiter", requestID)
-	}
-	ch := make(chan transceiver.Notification, 1)
-	a.waiters[requestID] = ch
-	a.mu.Unlock()
-	select {
-	case n := <-ch:
-		return n, nil
-	case <-ctx.Done():
-	case <-a.loopDone:
-	}
-	a.mu.Lock()
-	if a.waiters[requestID] == ch {
-		delete(a.waiters, requestID)
-	}
-	a.mu.Unlock()
-	select {
-	case n := <-ch:
-		return n, nil
-	default:
-	}
-	if ctx.Err() == nil {
-		return transceiver.Notification{}, transceiver.ErrClosed
-	}
-	return transceiver.Notification{}, fmt.Errorf("ucx: waiting for request %d: %w", requestID, context.Cause(ctx))
+	return a.mail.Wait(ctx, requestID, a.loopDone)
 }
 
 // Close aborts operations in flight (waiting for UCX to release them),
