@@ -96,21 +96,8 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, e)
 		return
 	}
-	switch phase {
-	case api.RequestContextOnly:
-		s.serveContext(w, r, j, req.DisaggregatedParams, true)
-		return
-	case api.RequestGenerationOnly:
-		var moved api.KVTransfer
-		if j.resume, moved, e = s.deps.Disagg.Fetch(r.Context(), req.DisaggregatedParams, prompt); e != nil {
-			s.writeError(w, e)
-			return
-		}
-		setKVHeaders(w, moved)
-	}
-	events, cancel, e := s.run(r.Context(), j)
-	if e != nil {
-		s.writeError(w, e)
+	events, cancel, ok := s.startPhase(w, r, j, phase, req.DisaggregatedParams, prompt, true)
+	if !ok {
 		return
 	}
 	defer cancel()

@@ -256,3 +256,29 @@ func setKVHeaders(w http.ResponseWriter, moved api.KVTransfer) {
 func millis(d time.Duration) string {
 	return strconv.FormatFloat(float64(d.Microseconds())/1000, 'f', 3, 64)
 }
+
+// startPhase starts j as its disaggregated phase asks: a context_only
+// request is answered here (ok false), a generation_only one first gets its
+// KV from the context worker, a whole request just runs. On ok the caller
+// reads events and must call cancel; otherwise the answer was written.
+func (s *Server) startPhase(w http.ResponseWriter, r *http.Request, j *job, phase string, p *api.DisaggregatedParams, prompt []int32, chat bool) (<-chan event, context.CancelFunc, bool) {
+	switch phase {
+	case api.RequestContextOnly:
+		s.serveContext(w, r, j, p, chat)
+		return nil, nil, false
+	case api.RequestGenerationOnly:
+		resume, moved, e := s.deps.Disagg.Fetch(r.Context(), p, prompt)
+		if e != nil {
+			s.writeError(w, e)
+			return nil, nil, false
+		}
+		j.resume = resume
+		setKVHeaders(w, moved)
+	}
+	events, cancel, e := s.run(r.Context(), j)
+	if e != nil {
+		s.writeError(w, e)
+		return nil, nil, false
+	}
+	return events, cancel, true
+}
