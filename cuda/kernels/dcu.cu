@@ -110,10 +110,13 @@ __device__ float block_sum(float v) {
 }
 
 // x[t][:] = embed[tokens[t]][:]
-__global__ void embed_kernel(const int32_t *__restrict__ tokens, const __nv_bfloat16 *__restrict__ emb,
-                             float *__restrict__ x, int H) {
+// A token id < 0 is the id sampled for row -id-1 of the previous step (ids).
+__global__ void embed_kernel(const int32_t *__restrict__ tokens, const int32_t *__restrict__ ids,
+                             const __nv_bfloat16 *__restrict__ emb, float *__restrict__ x, int H) {
 	int t = blockIdx.x;
-	const __nv_bfloat16 *row = emb + (size_t)tokens[t] * H;
+	int tok = tokens[t];
+	if (tok < 0) tok = ids[-tok - 1];
+	const __nv_bfloat16 *row = emb + (size_t)tok * H;
 	float *out = x + (size_t)t * H;
 	for (int i = threadIdx.x; i < H; i += blockDim.x) out[i] = __bfloat162float(row[i]);
 }
@@ -1156,8 +1159,10 @@ struct dcu_model {
 	size_t cap_part;
 	float *x, *qkv, *q, *gu, *logits, *pacc, *pm, *pl;
 	__nv_bfloat16 *xn, *attn, *act;
-	int32_t *d_ints, *d_argmax;
-	int32_t *h_ints; // pinned staging
+	int32_t *d_ints, *d_argmax; // d_argmax: the step's ids (argmax or dcu_sample), read by the next step's negative tokens
+	int32_t *h_ints[2];         // pinned staging, alternating so that a step can be prepared while the last one runs
+	cudaEvent_t ev_ints[2];     // the copy out of h_ints[k] is done
+	int ints_k, prev_r;         // staging buffer in use; rows of the previous step
 	cudaEvent_t ev0, ev1;
 	void *blas_ws;
 	// CUDA graphs of decode steps, keyed by the step's shape; dropped when
@@ -1315,6 +1320,8 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 	m->mma_dec = !(getenv("DCU_NO_MMA") && getenv("DCU_NO_MMA")[0] == '1');
 	CK(cudaEventCreate(&m->ev0));
 	CK(cudaEventCreate(&m->ev1));
+	CK(cudaEventCreateWithFlags(&m->ev_ints[0], cudaEventDisableTiming));
+	CK(cudaEventCreateWithFlags(&m->ev_ints[1], cudaEventDisableTiming));
 	size_t H = c.hidden, I = c.inter, V = c.vocab;
 	size_t per_layer = 2 * H + qkv_dim(c) * H + H * (size_t)c.heads * c.head_dim + 2 * I * H + I * H;
 	size_t elems = V * H + H + (c.tied ? 0 : V * H) + per_layer * c.layers;
@@ -1417,20 +1424,26 @@ static int ensure(dcu_model *m, int T, int R, int nints, size_t part, dcu_status
 	}
 	if (R > m->cap_r) {
 		CK(cudaStreamSynchronize(m->stream));
-		cudaFree(m->logits); cudaFree(m->d_argmax);
-		m->logits = nullptr; m->d_argmax = nullptr; m->cap_r = 0;
+		cudaFree(m->logits);
+		m->logits = nullptr;
 		int cap = R < 16 ? 16 : R;
 		CK(cudaMalloc((void **)&m->logits, sizeof(float) * cap * V));
-		CK(cudaMalloc((void **)&m->d_argmax, sizeof(int32_t) * cap));
+		// keep the previous step's ids: the next step's negative tokens read them
+		int32_t *ids = nullptr;
+		CK(cudaMalloc((void **)&ids, sizeof(int32_t) * cap));
+		if (m->d_argmax) CK(cudaMemcpy(ids, m->d_argmax, sizeof(int32_t) * m->cap_r, cudaMemcpyDeviceToDevice));
+		cudaFree(m->d_argmax);
+		m->d_argmax = ids;
 		m->cap_r = cap;
 	}
 	if (nints > m->cap_ints) {
 		CK(cudaStreamSynchronize(m->stream));
-		cudaFree(m->d_ints); cudaFreeHost(m->h_ints);
-		m->d_ints = nullptr; m->h_ints = nullptr; m->cap_ints = 0;
+		cudaFree(m->d_ints); cudaFreeHost(m->h_ints[0]); cudaFreeHost(m->h_ints[1]);
+		m->d_ints = nullptr; m->h_ints[0] = m->h_ints[1] = nullptr; m->cap_ints = 0;
 		int cap = nints < 4096 ? 4096 : nints * 2;
 		CK(cudaMalloc((void **)&m->d_ints, sizeof(int32_t) * cap));
-		CK(cudaMallocHost((void **)&m->h_ints, sizeof(int32_t) * cap));
+		CK(cudaMallocHost((void **)&m->h_ints[0], sizeof(int32_t) * cap));
+		CK(cudaMallocHost((void **)&m->h_ints[1], sizeof(int32_t) * cap));
 		m->cap_ints = cap;
 	}
 	if (part > m->cap_part) {
@@ -1491,7 +1504,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 	cudaStream_t s = m->stream;
 
 	MARK(-1);
-	embed_kernel<<<T, 256, 0, s>>>(tokens, m->embed, m->x, H);
+	embed_kernel<<<T, 256, 0, s>>>(tokens, m->d_argmax, m->embed, m->x, H);
 	CKL();
 	MARK(0);
 	for (int l = 0; l < c.layers; l++) {
@@ -1570,6 +1583,11 @@ static int prepare(dcu_model *m, const dcu_batch *b, dcu_status *st) {
 	if (b->max_ctx <= 0) INVALID("max_ctx %d", b->max_ctx);
 	const int32_t *pos = b->ints + T, *btoff = b->ints + 3 * T;
 	int base = 4 * T + R + b->n_tables;
+	for (int t = 0; t < T; t++) {
+		int tok = b->ints[t];
+		if (tok >= c.vocab || (tok < 0 && -tok - 1 >= m->prev_r))
+			INVALID("token %d of the step: not in the vocabulary of %d nor a row of the previous step's %d ids", tok, c.vocab, m->prev_r);
+	}
 	// Tiles: runs of up to TILE_QT consecutive tokens of one sequence.
 	// launch bounds: 256 threads; registers hold a chunk: 32*D/8 <= 2*threads
 	int G = c.heads / c.kv_heads;
@@ -1606,11 +1624,14 @@ static int prepare(dcu_model *m, const dcu_batch *b, dcu_status *st) {
 	}
 	size_t part = (size_t)T * c.heads * m->nsplit;
 	if (!ensure(m, T, R, nints, part, st)) return 0;
-	// The staging buffer may still be read by an earlier step's copy.
-	CK(cudaStreamSynchronize(m->stream));
-	memcpy(m->h_ints, b->ints, sizeof(int32_t) * base);
+	// Alternate staging buffers: the other one may still be read by the
+	// copy of the step that is running.
+	int k = m->ints_k ^ 1;
+	CK(cudaEventSynchronize(m->ev_ints[k]));
+	int32_t *h = m->h_ints[k];
+	memcpy(h, b->ints, sizeof(int32_t) * base);
 	if (tiled) {
-		int32_t *first = m->h_ints + base, *len = first + nt;
+		int32_t *first = h + base, *len = first + nt;
 		int k = 0;
 		for (int t = 0; t < T;) {
 			int e = t + 1;
@@ -1621,7 +1642,9 @@ static int prepare(dcu_model *m, const dcu_batch *b, dcu_status *st) {
 			t = e;
 		}
 	}
-	CK(cudaMemcpyAsync(m->d_ints, m->h_ints, sizeof(int32_t) * nints, cudaMemcpyHostToDevice, m->stream));
+	CK(cudaMemcpyAsync(m->d_ints, h, sizeof(int32_t) * nints, cudaMemcpyHostToDevice, m->stream));
+	CK(cudaEventRecord(m->ev_ints[k], m->stream));
+	m->ints_k = k;
 	return 1;
 }
 
@@ -1659,10 +1682,22 @@ static int launch(dcu_model *m, int T, int R, int max_ctx, int n_tables, int am,
 	return 1;
 }
 
-extern "C" int dcu_forward(dcu_model *m, const dcu_batch *b, dcu_status *st) {
+extern "C" int dcu_forward_async(dcu_model *m, const dcu_batch *b, dcu_status *st) {
 	if (!prepare(m, b, st)) return 0;
 	int T = b->num_tokens, R = b->num_rows;
 	if (!launch(m, T, R, b->max_ctx, b->n_tables, b->argmax != nullptr, 1, st)) return 0;
+	m->prev_r = R;
+	return 1;
+}
+
+extern "C" float *dcu_model_logits(dcu_model *m) { return m->logits; }
+extern "C" int32_t *dcu_model_ids(dcu_model *m) { return m->d_argmax; }
+extern "C" void *dcu_model_stream(dcu_model *m) { return (void *)m->stream; }
+extern "C" int dcu_model_vocab(dcu_model *m) { return m->c.vocab; }
+
+extern "C" int dcu_forward(dcu_model *m, const dcu_batch *b, dcu_status *st) {
+	if (!dcu_forward_async(m, b, st)) return 0;
+	int R = b->num_rows;
 	if (R > 0 && b->logits) CK(cudaMemcpyAsync(b->logits, m->logits, sizeof(float) * R * m->c.vocab, cudaMemcpyDeviceToHost, m->stream));
 	if (R > 0 && b->argmax) CK(cudaMemcpyAsync(b->argmax, m->d_argmax, sizeof(int32_t) * R, cudaMemcpyDeviceToHost, m->stream));
 	CK(cudaStreamSynchronize(m->stream));
@@ -1716,7 +1751,8 @@ extern "C" int dcu_model_destroy(dcu_model *m, dcu_status *st) {
 	drop_graphs(m);
 	free_scratch(m);
 	cudaFree(m->blas_ws);
-	cudaFree(m->logits); cudaFree(m->d_argmax); cudaFree(m->d_ints); cudaFreeHost(m->h_ints);
+	cudaFree(m->logits); cudaFree(m->d_argmax); cudaFree(m->d_ints); cudaFreeHost(m->h_ints[0]); cudaFreeHost(m->h_ints[1]);
+	for (auto e : m->ev_ints) if (e) cudaEventDestroy(e);
 	cudaFree(m->pacc); cudaFree(m->pm); cudaFree(m->pl);
 	cudaFree(m->wbuf); cudaFree(m->inv_freq);
 	for (auto e : m->prof_ev) cudaEventDestroy(e);

@@ -76,6 +76,20 @@ int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_bytes,
 int dcu_model_set_weight(dcu_model *m, int kind, int layer, const void *data, size_t bytes, dcu_status *st);
 int dcu_model_weight_bytes(dcu_model *m, size_t *n);
 int dcu_forward(dcu_model *m, const dcu_batch *b, dcu_status *st);
+/* Asynchronous steps (device sampling, overlap scheduler). dcu_forward_async
+ * enqueues the step on the model's stream and returns without waiting: the
+ * logits stay on the device (dcu_model_logits, [num_rows][vocab] fp32), and
+ * when b->argmax is not NULL the argmax of each row goes to dcu_model_ids
+ * (b->argmax itself is not written). A token id < 0 in b->ints names the id
+ * in row -id-1 of dcu_model_ids as left by the previous step (argmax or a
+ * sampler on the model's stream), so that step n+1 can be enqueued before
+ * step n's ids reach the host. Two host staging buffers alternate: the call
+ * waits only for the copy of the step before the previous one. */
+int dcu_forward_async(dcu_model *m, const dcu_batch *b, dcu_status *st);
+float *dcu_model_logits(dcu_model *m);
+int32_t *dcu_model_ids(dcu_model *m); /* device, at least num_rows of the last step */
+void *dcu_model_stream(dcu_model *m); /* the model's cudaStream_t */
+int dcu_model_vocab(dcu_model *m);
 /* Times n replays of the same step on the device (events), for benchmarks;
  * logits are not copied; graph=0 launches every kernel directly. */
 int dcu_forward_timed(dcu_model *m, const dcu_batch *b, int n, int graph, float *ms, dcu_status *st);
