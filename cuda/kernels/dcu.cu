@@ -84,6 +84,13 @@ static const char *cublas_name(cublasStatus_t s) {
 // ---------------------------------------------------------------------------
 // Kernels
 
+// Programmatic dependent launch: a kernel launched with it may start before
+// the one before it ends; pdl_wait blocks until that one has finished and its
+// writes are visible (a no-op for a normal launch). pdl_trigger lets the
+// next kernel launch once every block of this one has started.
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+
 __device__ __forceinline__ float warp_sum(float v) {
 	for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
 	return v;
@@ -272,6 +279,7 @@ __global__ void __launch_bounds__(256, QT == 1 ? 4 : 2) attn_tile_kernel(const f
                                  const __nv_bfloat16 *__restrict__ kv_layer, size_t block_stride, int nh, int nkv,
                                  int tpb, int P, int nsplit, float scale, float *__restrict__ pacc,
                                  float *__restrict__ pm, float *__restrict__ pl) {
+	pdl_trigger();
 	constexpr int NDL = (D + 31) / 32;
 	constexpr int KS = D + 1;
 	extern __shared__ float sm[];
@@ -832,6 +840,7 @@ __global__ void __launch_bounds__(128) attn_mma_dec_kernel(const float *__restri
                                                            size_t block_stride, int nh, int nkv, int tpb, int P,
                                                            int nsplit, float scale, float *__restrict__ pacc,
                                                            float *__restrict__ pm, float *__restrict__ pl) {
+	pdl_trigger();
 	constexpr int D = 64;
 	// per-warp K and V stages; after the loop the same bytes hold the merge
 	constexpr int STAGE = ATT_CHUNK * MMA_KS; // bf16 elements
@@ -1013,6 +1022,8 @@ __global__ void __launch_bounds__(128) attn_mma_dec_kernel(const float *__restri
 __global__ void attn_reduce_kernel(const int32_t *__restrict__ pos, const float *__restrict__ pacc,
                                    const float *__restrict__ pm, const float *__restrict__ pl, int nh, int D,
                                    int P, int nsplit, __nv_bfloat16 *__restrict__ out) {
+	pdl_trigger();
+	pdl_wait();
 	int t = blockIdx.x, h = blockIdx.y;
 	int ns = pos[t] / P + 1;
 	size_t base = ((size_t)t * nh + h) * nsplit;
@@ -1035,6 +1046,24 @@ __global__ void silu_mul_kernel(const float *__restrict__ gu, __nv_bfloat16 *__r
 	size_t t = blockIdx.y;
 	float g = gu[t * 2 * I + i], u = gu[t * 2 * I + I + i];
 	act[t * I + i] = __float2bfloat16(g / (1.f + __expf(-g)) * u);
+}
+
+// The same from bf16 gate/up (prefill: the GEMM writes bf16, half the
+// traffic of fp32), 8 elements per thread; I % 8 == 0.
+__global__ void silu_mul_bf16_kernel(const __nv_bfloat16 *__restrict__ gu, __nv_bfloat16 *__restrict__ act, int I) {
+	int i = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
+	if (i >= I) return;
+	size_t t = blockIdx.y;
+	uint4 g8 = *(const uint4 *)(gu + t * 2 * I + i), u8 = *(const uint4 *)(gu + t * 2 * I + I + i);
+	const __nv_bfloat162 *g2 = (const __nv_bfloat162 *)&g8, *u2 = (const __nv_bfloat162 *)&u8;
+	uint4 o8;
+	__nv_bfloat162 *o2 = (__nv_bfloat162 *)&o8;
+#pragma unroll
+	for (int k = 0; k < 4; k++) {
+		float2 g = __bfloat1622float2(g2[k]), u = __bfloat1622float2(u2[k]);
+		o2[k] = __floats2bfloat162_rn(g.x / (1.f + __expf(-g.x)) * u.x, g.y / (1.f + __expf(-g.y)) * u.y);
+	}
+	*(uint4 *)(act + t * I + i) = o8;
 }
 
 // argmax over each row (lowest index on ties).
@@ -1136,6 +1165,333 @@ static void gemv_launch(int n, const __nv_bfloat16 *W, const __nv_bfloat16 *X, f
 }
 
 // ---------------------------------------------------------------------------
+// Small-batch decode path (steps of at most 4 tokens): one kernel per weight
+// matrix, each fusing what surrounds its GEMV.
+//
+//   norm+QKV+RoPE+append : every block normalizes the step's rows itself
+//                          (RMSNorm, 8 KB from L2) into shared memory; a warp
+//                          owns rows (j, j+D/2) of a head and rotates them in
+//                          its epilogue: q to q_out, k and v into the KV pool;
+//   O + residual         : Y += W x;
+//   norm+Gate/Up+SiLU*mul: a warp owns gate row i and up row i and writes
+//                          bf16(silu(g)*u);
+//   Down + residual.
+//
+// Weight rows are read once with 16-byte streaming loads, the step's
+// dominant traffic. Blocks stay resident (two per SM) and loop over the
+// units, so the prologue is paid once per block. The kernels are launched
+// with programmatic dependent launch: a warp issues its first weight loads
+// before griddepcontrol.wait, so the weight stream of one kernel starts
+// while the one before it drains. Every read or write of data that an
+// earlier kernel touches comes after the wait.
+
+__device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
+	uint4 v;
+	asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+	             : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+	             : "l"(p));
+	return v;
+}
+
+enum { FG_STORE = 0, FG_RESID = 1, FG_SILU = 2, FG_ROPE = 3 };
+
+struct FgArgs {
+	const __nv_bfloat16 *W;    // [out][in]
+	const float *xf;           // fp32 rows to normalize (norm != null), row stride in
+	const int32_t *rows;       // xf row of input t (null: t)
+	const __nv_bfloat16 *norm; // RMSNorm weight [in], or null: inputs are xb
+	const __nv_bfloat16 *xb;   // bf16 inputs [NT][in]
+	float eps;
+	int out, in;
+	float *Y;                  // FG_STORE, FG_RESID: [NT][out]
+	__nv_bfloat16 *act;        // FG_SILU: [NT][out/2]
+	const int32_t *pos, *slot; // FG_ROPE
+	const float *inv_freq;
+	float *q_out;              // [NT][nh][D]
+	__nv_bfloat16 *kv_layer;
+	size_t block_stride;
+	int nh, nkv, D, tpb;
+};
+
+// A unit is two weight rows that one warp reads together and whose results
+// its epilogue combines: (j, j+D/2) of a head for RoPE, then pairs of V rows;
+// (gate i, up i) for SiLU; (2u, 2u+1) otherwise. Rows past out: none.
+template <int MODE>
+__device__ __forceinline__ void fg_rows(const FgArgs &a, int u, int &r0, int &r1) {
+	if (MODE == FG_SILU) {
+		r0 = u;
+		r1 = u + a.out / 2;
+	} else if (MODE == FG_ROPE) {
+		const int half = a.D / 2, nrot = (a.nh + a.nkv) * half;
+		if (u < nrot) {
+			r0 = (u / half) * a.D + u % half;
+			r1 = r0 + half;
+		} else {
+			r0 = (a.nh + a.nkv) * a.D + 2 * (u - nrot);
+			r1 = r0 + 1;
+		}
+	} else {
+		r0 = 2 * u;
+		r1 = 2 * u + 1;
+	}
+	if (r1 >= a.out) r1 = -1;
+}
+
+__device__ __forceinline__ void fg_dot(float *acc, uint4 wv, const __nv_bfloat16 *xs, int in, int i, int nt) {
+	const __nv_bfloat162 *w2 = (const __nv_bfloat162 *)&wv;
+	float2 wf[4];
+#pragma unroll
+	for (int u = 0; u < 4; u++) wf[u] = __bfloat1622float2(w2[u]);
+#pragma unroll
+	for (int t = 0; t < 4; t++) {
+		if (t >= nt) break;
+		uint4 xv = *((const uint4 *)(xs + (size_t)t * in) + i);
+		const __nv_bfloat162 *x2 = (const __nv_bfloat162 *)&xv;
+#pragma unroll
+		for (int u = 0; u < 4; u++) {
+			float2 xf = __bfloat1622float2(x2[u]);
+			acc[t] += wf[u].x * xf.x + wf[u].y * xf.y;
+		}
+	}
+}
+
+// The epilogue of unit u for input t: x1, x2 are the two rows' dot products.
+template <int MODE>
+__device__ __forceinline__ void fg_epilogue(const FgArgs &a, int u, int r0, int r1, int t, float x1, float x2) {
+	if (MODE == FG_STORE || MODE == FG_RESID) {
+		float *y = a.Y + (size_t)t * a.out;
+		y[r0] = MODE == FG_RESID ? y[r0] + x1 : x1;
+		if (r1 >= 0) y[r1] = MODE == FG_RESID ? y[r1] + x2 : x2;
+	} else if (MODE == FG_SILU) {
+		const int I = a.out / 2;
+		a.act[(size_t)t * I + u] = __float2bfloat16(x1 / (1.f + __expf(-x1)) * x2);
+	} else {
+		const int D = a.D, half = D / 2, nrot = (a.nh + a.nkv) * half, nkv = a.nkv;
+		const int s = a.slot[t];
+		__nv_bfloat16 *kdst = a.kv_layer + (size_t)(s / a.tpb) * a.block_stride + (size_t)(s % a.tpb) * nkv * D;
+		if (u < nrot) {
+			const int h = u / half, j = u % half;
+			float sn, cs;
+			sincosf((float)a.pos[t] * a.inv_freq[j], &sn, &cs);
+			const float o1 = x1 * cs - x2 * sn, o2 = x2 * cs + x1 * sn;
+			if (h < a.nh) {
+				float *q = a.q_out + ((size_t)t * a.nh + h) * D;
+				q[j] = o1;
+				q[j + half] = o2;
+			} else {
+				__nv_bfloat16 *k = kdst + (size_t)(h - a.nh) * D;
+				k[j] = __float2bfloat16(o1);
+				k[j + half] = __float2bfloat16(o2);
+			}
+		} else {
+			__nv_bfloat16 *v = kdst + (size_t)a.tpb * nkv * D + 2 * (u - nrot);
+			v[0] = __float2bfloat16(x1);
+			v[1] = __float2bfloat16(x2);
+		}
+	}
+}
+
+// RMSNorm of NT rows of xf into xs (bf16), by the whole block; the row's
+// loads are all issued before the sum when in is a multiple of 1024 up to 4096.
+template <int NT>
+__device__ __forceinline__ void fg_norm(const FgArgs &a, __nv_bfloat16 *xs) {
+	for (int t = 0; t < NT; t++) {
+		const float *xr = a.xf + (size_t)(a.rows ? a.rows[t] : t) * a.in;
+		__nv_bfloat16 *o = xs + (size_t)t * a.in;
+		if (a.in % 1024 == 0 && a.in <= 4096 && blockDim.x == 256) {
+			const int J = a.in / 1024;
+			float4 v[4];
+			float ss = 0.f;
+#pragma unroll
+			for (int j = 0; j < 4; j++)
+				if (j < J) v[j] = ((const float4 *)xr)[threadIdx.x + 256 * j];
+#pragma unroll
+			for (int j = 0; j < 4; j++)
+				if (j < J) ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
+			ss = block_sum(ss);
+			const float inv = rsqrtf(ss / (float)a.in + a.eps);
+#pragma unroll
+			for (int j = 0; j < 4; j++)
+				if (j < J) {
+					const int k = 4 * (threadIdx.x + 256 * j);
+					const __nv_bfloat162 *w2 = (const __nv_bfloat162 *)(a.norm + k);
+					float2 w0 = __bfloat1622float2(w2[0]), w1 = __bfloat1622float2(w2[1]);
+					__nv_bfloat162 *o2 = (__nv_bfloat162 *)(o + k);
+					o2[0] = __floats2bfloat162_rn(v[j].x * inv * w0.x, v[j].y * inv * w0.y);
+					o2[1] = __floats2bfloat162_rn(v[j].z * inv * w1.x, v[j].w * inv * w1.y);
+				}
+		} else {
+			float ss = 0.f;
+			for (int k = threadIdx.x; k < a.in; k += blockDim.x) ss += xr[k] * xr[k];
+			ss = block_sum(ss);
+			const float inv = rsqrtf(ss / (float)a.in + a.eps);
+			for (int k = threadIdx.x; k < a.in; k += blockDim.x) o[k] = __float2bfloat16(xr[k] * inv * __bfloat162float(a.norm[k]));
+		}
+	}
+}
+
+// One warp per unit, blocks of 8 warps looping over the units (the inputs
+// are normalized into shared memory once per block). A warp's work is a
+// sequence of steps, FG_B 16-byte chunks per lane of each of its unit's two
+// rows; the loads of step k+1 are in flight while step k is summed, so the
+// weight stream never drains between units.
+template <int NT, int MODE, int FG_B>
+__global__ void __launch_bounds__(256, 2) fgemv_kernel(FgArgs a, int units) {
+	extern __shared__ __align__(16) unsigned char fg_smem[];
+	__nv_bfloat16 *xs = (__nv_bfloat16 *)fg_smem; // [NT][in]
+	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	const int n8 = a.in / 8;
+	const int nb = (n8 + 32 * FG_B - 1) / (32 * FG_B); // steps per unit
+	const int stride = gridDim.x * 8;
+	int u = blockIdx.x * 8 + warp, b = 0;
+	int r0 = -1, r1 = -1;
+	if (u < units) fg_rows<MODE>(a, u, r0, r1);
+	uint4 c0[FG_B], c1[FG_B];
+	// step 0 before waiting on the kernel before (weights only)
+#pragma unroll
+	for (int j = 0; j < FG_B; j++) {
+		const int i = lane + 32 * j;
+		if (u < units && i < n8) {
+			c0[j] = ld_stream((const uint4 *)(a.W + (size_t)r0 * a.in) + i);
+			c1[j] = ld_stream((const uint4 *)(a.W + (size_t)(r1 >= 0 ? r1 : r0) * a.in) + i);
+		}
+	}
+	pdl_trigger();
+	pdl_wait();
+	if (a.norm) {
+		fg_norm<NT>(a, xs);
+	} else {
+		const uint4 *src = (const uint4 *)a.xb;
+		uint4 *dst = (uint4 *)xs;
+		for (int k = threadIdx.x; k < NT * n8; k += blockDim.x) dst[k] = src[k];
+	}
+	__syncthreads();
+	float acc0[4] = {0.f, 0.f, 0.f, 0.f}, acc1[4] = {0.f, 0.f, 0.f, 0.f};
+	while (u < units) {
+		// the next step: the next chunks of this unit, or the first of the next unit
+		int nu = u, nbb = b + 1, n0 = r0, n1 = r1;
+		if (nbb == nb) {
+			nu = u + stride;
+			nbb = 0;
+			if (nu < units) fg_rows<MODE>(a, nu, n0, n1);
+		}
+		uint4 x0[FG_B], x1[FG_B];
+		if (nu < units) {
+			const uint4 *w0 = (const uint4 *)(a.W + (size_t)n0 * a.in);
+			const uint4 *w1 = (const uint4 *)(a.W + (size_t)(n1 >= 0 ? n1 : n0) * a.in);
+#pragma unroll
+			for (int j = 0; j < FG_B; j++) {
+				const int i = nbb * 32 * FG_B + lane + 32 * j;
+				if (i < n8) {
+					x0[j] = ld_stream(w0 + i);
+					x1[j] = ld_stream(w1 + i);
+				}
+			}
+		}
+#pragma unroll
+		for (int j = 0; j < FG_B; j++) {
+			const int i = b * 32 * FG_B + lane + 32 * j;
+			if (i < n8) {
+				fg_dot(acc0, c0[j], xs, a.in, i, NT);
+				fg_dot(acc1, c1[j], xs, a.in, i, NT);
+			}
+		}
+		if (b == nb - 1) {
+#pragma unroll
+			for (int t = 0; t < NT; t++) {
+				acc0[t] = warp_sum(acc0[t]);
+				acc1[t] = warp_sum(acc1[t]);
+			}
+			if (lane < NT) {
+				const int t = lane;
+				float x1v = acc0[0], x2v = acc1[0];
+#pragma unroll
+				for (int k = 1; k < NT; k++)
+					if (t == k) {
+						x1v = acc0[k];
+						x2v = acc1[k];
+					}
+				fg_epilogue<MODE>(a, u, r0, r1, t, x1v, x2v);
+			}
+#pragma unroll
+			for (int t = 0; t < 4; t++) acc0[t] = acc1[t] = 0.f;
+		}
+		u = nu;
+		b = nbb;
+		r0 = n0;
+		r1 = n1;
+#pragma unroll
+		for (int j = 0; j < FG_B; j++) {
+			c0[j] = x0[j];
+			c1[j] = x1[j];
+		}
+	}
+}
+
+template <int NT, int MODE, int B>
+static cudaError_t fg_launch1(const FgArgs &a, int sms, int occ, int pdl, cudaStream_t s) {
+	const int units = (MODE == FG_STORE || MODE == FG_RESID) ? (a.out + 1) / 2 : a.out / 2;
+	cudaLaunchConfig_t cfg = {};
+	cfg.dynamicSmemBytes = (size_t)NT * a.in * 2;
+	if (occ <= 0) {
+		// as many blocks as fit on an SM (registers, shared memory), cached per kernel and size
+		static int cached[2] = {0, -1};
+		if (cached[1] != (int)cfg.dynamicSmemBytes) {
+			int n = 0;
+			cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, fgemv_kernel<NT, MODE, B>, 256, cfg.dynamicSmemBytes);
+			if (e != cudaSuccess) return e;
+			cached[0] = n < 1 ? 1 : n;
+			cached[1] = (int)cfg.dynamicSmemBytes;
+		}
+		occ = cached[0];
+	}
+	int blocks = (units + 7) / 8;
+	if (blocks > occ * sms) blocks = occ * sms;
+	cfg.gridDim = dim3((unsigned)blocks);
+	cfg.blockDim = dim3(256);
+	cfg.stream = s;
+	cudaLaunchAttribute at[1];
+	at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+	at[0].val.programmaticStreamSerializationAllowed = 1;
+	cfg.attrs = at;
+	cfg.numAttrs = pdl ? 1 : 0;
+	return cudaLaunchKernelEx(&cfg, fgemv_kernel<NT, MODE, B>, a, units);
+}
+
+template <int MODE, int B>
+static cudaError_t fg_launch2(int nt, const FgArgs &a, int sms, int occ, int pdl, cudaStream_t s) {
+	switch (nt) {
+	case 1: return fg_launch1<1, MODE, B>(a, sms, occ, pdl, s);
+	case 2: return fg_launch1<2, MODE, B>(a, sms, occ, pdl, s);
+	case 3: return fg_launch1<3, MODE, B>(a, sms, occ, pdl, s);
+	default: return fg_launch1<4, MODE, B>(a, sms, occ, pdl, s);
+	}
+}
+
+// b: chunks per lane and row per step (2, 4 or 8); occ: blocks per SM (0: as many as fit)
+template <int MODE>
+static cudaError_t fg_launch(int nt, const FgArgs &a, int sms, int b, int occ, int pdl, cudaStream_t s) {
+	if (b == 2) return fg_launch2<MODE, 2>(nt, a, sms, occ, pdl, s);
+	if (b == 4) return fg_launch2<MODE, 4>(nt, a, sms, occ, pdl, s);
+	return fg_launch2<MODE, 8>(nt, a, sms, occ, pdl, s);
+}
+
+// Largest dynamic shared memory any fused GEMV of the model asks for.
+template <int MODE>
+static cudaError_t fg_allow_smem(int bytes) {
+	cudaError_t e = cudaSuccess;
+	const void *fs[] = {(const void *)fgemv_kernel<1, MODE, 4>, (const void *)fgemv_kernel<2, MODE, 4>,
+	                    (const void *)fgemv_kernel<3, MODE, 4>, (const void *)fgemv_kernel<4, MODE, 4>,
+	                    (const void *)fgemv_kernel<1, MODE, 8>, (const void *)fgemv_kernel<2, MODE, 8>,
+	                    (const void *)fgemv_kernel<3, MODE, 8>, (const void *)fgemv_kernel<4, MODE, 8>,
+	                    (const void *)fgemv_kernel<1, MODE, 2>, (const void *)fgemv_kernel<2, MODE, 2>,
+	                    (const void *)fgemv_kernel<3, MODE, 2>, (const void *)fgemv_kernel<4, MODE, 2>};
+	for (const void *f : fs)
+		if (e == cudaSuccess) e = cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+	return e;
+}
+
+// ---------------------------------------------------------------------------
 // Model
 
 struct Layer {
@@ -1175,12 +1531,17 @@ struct dcu_model {
 	// tuning knobs (environment, for experiments): DCU_FILL blocks per SM the
 	// split plan aims at, DCU_PMAX the longest split (<= 512), DCU_DEC_MIN the
 	// smallest batch for the decode kernel
-	int fill, pmax, dec_min;
+	int fill, pmax, pmin, dec_min;
 	int mma_dec; // tensor-core decode kernel for head dim 64 (DCU_NO_MMA=1 turns it off)
 	std::vector<Graph> graphs;
 	int use_graphs;
 	int prof_on, prof_n;
 	int use_gemv; // own GEMV kernel for steps of at most 4 tokens (DCU_NO_GEMV=1 turns it off)
+	int fuse;     // fused GEMV kernels for steps of at most fuse_max tokens (DCU_NO_FUSE=1 turns them off)
+	int fuse_max;
+	int pdl;      // programmatic dependent launch between them (DCU_NO_PDL=1 turns it off)
+	int gu_bf16;  // prefill Gate/Up GEMM writes bf16 (DCU_GU_F32=1: fp32)
+	int fg_b, fg_occ; // fused GEMV: chunks per lane and row per step (DCU_FG_B 2|4|8), blocks per SM (DCU_FG_OCC, 0: all that fit)
 	std::vector<cudaEvent_t> prof_ev;
 	std::vector<int> prof_kind;
 };
@@ -1317,7 +1678,14 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 	m->fill = env_int("DCU_FILL", 4, 1, 64);
 	m->pmax = env_int("DCU_PMAX", 512, 32, 512) / ATT_CHUNK * ATT_CHUNK;
 	m->dec_min = env_int("DCU_DEC_MIN", 8, 1, 1 << 30);
+	m->pmin = env_int("DCU_PMIN", ATT_CHUNK, ATT_CHUNK, 512) / ATT_CHUNK * ATT_CHUNK;
+	if (m->pmin > m->pmax) m->pmin = m->pmax;
 	m->mma_dec = !(getenv("DCU_NO_MMA") && getenv("DCU_NO_MMA")[0] == '1');
+	m->fuse = m->use_gemv && !(getenv("DCU_NO_FUSE") && getenv("DCU_NO_FUSE")[0] == '1');
+	m->pdl = !(getenv("DCU_NO_PDL") && getenv("DCU_NO_PDL")[0] == '1');
+	m->gu_bf16 = !(getenv("DCU_GU_F32") && getenv("DCU_GU_F32")[0] == '1');
+	m->fg_b = env_int("DCU_FG_B", 4, 2, 8) >= 8 ? 8 : env_int("DCU_FG_B", 4, 2, 8) >= 4 ? 4 : 2;
+	m->fg_occ = env_int("DCU_FG_OCC", 0, 0, 16);
 	CK(cudaEventCreate(&m->ev0));
 	CK(cudaEventCreate(&m->ev1));
 	CK(cudaEventCreateWithFlags(&m->ev_ints[0], cudaEventDisableTiming));
@@ -1341,6 +1709,22 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 		L.mlp_norm = p; p += H;
 		L.gate_up = p; p += 2 * I * H;
 		L.down = p; p += I * H;
+	}
+	// fused GEMVs hold a step's inputs in shared memory: up to 4 rows of the widest input
+	{
+		size_t wide = H > I ? H : I;
+		if ((size_t)c.heads * c.head_dim > wide) wide = (size_t)c.heads * c.head_dim;
+		m->fuse_max = 0;
+		for (int nt = 4; nt >= 1 && !m->fuse_max; nt--)
+			if (nt * wide * 2 <= 200 * 1024) m->fuse_max = nt;
+		if (H % 8 || I % 8 || (c.heads * c.head_dim) % 8) m->fuse = 0;
+		size_t fs = (size_t)m->fuse_max * wide * 2;
+		if (m->fuse && fs > 48 * 1024) {
+			CK(fg_allow_smem<FG_STORE>((int)fs));
+			CK(fg_allow_smem<FG_RESID>((int)fs));
+			CK(fg_allow_smem<FG_SILU>((int)fs));
+			CK(fg_allow_smem<FG_ROPE>((int)fs));
+		}
 	}
 	CK(cudaMalloc((void **)&m->inv_freq, sizeof(float) * c.head_dim / 2));
 	CK(cudaMemcpy(m->inv_freq, inv_freq, sizeof(float) * c.head_dim / 2, cudaMemcpyHostToDevice));
@@ -1480,7 +1864,7 @@ static void split_plan(const dcu_model *m, int units, int max_ctx, int *P, int *
 	if (want < 1) want = 1;
 	int p = (max_ctx + want - 1) / want;
 	p = (p + ATT_CHUNK - 1) / ATT_CHUNK * ATT_CHUNK;
-	if (p < ATT_CHUNK) p = ATT_CHUNK;
+	if (p < m->pmin) p = m->pmin;
 	if (p > m->pmax) p = m->pmax;
 	*P = p;
 	*nsplit = (max_ctx + p - 1) / p;
@@ -1507,18 +1891,45 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 	embed_kernel<<<T, 256, 0, s>>>(tokens, m->d_argmax, m->embed, m->x, H);
 	CKL();
 	MARK(0);
+	// Steps of a few tokens: the fused GEMVs (the norms, RoPE and append,
+	// SiLU*mul and residual adds in their prologues and epilogues).
+	const bool fused = m->fuse && T <= m->fuse_max && ((uintptr_t)m->wbuf & 15) == 0;
+	FgArgs fa = {};
+	fa.eps = c.eps;
+	fa.pos = pos;
+	fa.slot = slot;
+	fa.inv_freq = m->inv_freq;
+	fa.q_out = m->q;
+	fa.block_stride = block_stride;
+	fa.nh = nh;
+	fa.nkv = nkv;
+	fa.D = D;
+	fa.tpb = c.tokens_per_block;
+	const int pdl = m->pdl && !m->prof_on;
 	for (int l = 0; l < c.layers; l++) {
 		Layer &L = m->layers[l];
 		__nv_bfloat16 *kv_layer = m->kv + (size_t)l * 2 * plane;
-		rmsnorm_kernel<<<T, 256, 0, s>>>(m->x, nullptr, L.attn_norm, m->xn, H, c.eps);
-		CKL();
-		MARK(1);
-		if (!gemm(m, L.qkv, m->xn, m->qkv, (int)qkv_dim(c), T, H, 0.f, st)) return 0;
-		MARK(2);
-		rope_kv_kernel<<<T, 128, 0, s>>>(m->qkv, pos, slot, m->inv_freq, m->q, kv_layer, block_stride, nh, nkv, D,
-		                                 c.tokens_per_block);
-		CKL();
-		MARK(3);
+		if (fused) {
+			fa.W = L.qkv;
+			fa.norm = L.attn_norm;
+			fa.xf = m->x;
+			fa.rows = nullptr;
+			fa.out = (int)qkv_dim(c);
+			fa.in = H;
+			fa.kv_layer = kv_layer;
+			CK(fg_launch<FG_ROPE>(T, fa, m->sms, m->fg_b, m->fg_occ, pdl, s));
+			MARK(2);
+		} else {
+			rmsnorm_kernel<<<T, 256, 0, s>>>(m->x, nullptr, L.attn_norm, m->xn, H, c.eps);
+			CKL();
+			MARK(1);
+			if (!gemm(m, L.qkv, m->xn, m->qkv, (int)qkv_dim(c), T, H, 0.f, st)) return 0;
+			MARK(2);
+			rope_kv_kernel<<<T, 128, 0, s>>>(m->qkv, pos, slot, m->inv_freq, m->q, kv_layer, block_stride, nh, nkv, D,
+			                                 c.tokens_per_block);
+			CKL();
+			MARK(3);
+		}
 		if (m->use_mma) {
 			attn_mma_kernel<<<dim3(m->nt, nkv, nsplit), 32 * G, 0, s>>>(m->q, pos, btoff, tables, tile_first, tile_len,
 			                                                            kv_layer, block_stride, nh, nkv,
@@ -1543,29 +1954,89 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 		}
 		CKL();
 		MARK(4);
-		attn_reduce_kernel<<<dim3(T, nh), D < 32 ? 32 : (D > 256 ? 256 : D), 0, s>>>(pos, m->pacc, m->pm, m->pl, nh, D, P,
-		                                                                            nsplit, m->attn);
-		CKL();
+		{
+			cudaLaunchConfig_t rc = {};
+			rc.gridDim = dim3(T, nh);
+			rc.blockDim = dim3(D < 32 ? 32 : (D > 256 ? 256 : D));
+			rc.stream = s;
+			cudaLaunchAttribute at[1];
+			at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+			at[0].val.programmaticStreamSerializationAllowed = 1;
+			rc.attrs = at;
+			rc.numAttrs = fused && pdl ? 1 : 0;
+			CK(cudaLaunchKernelEx(&rc, attn_reduce_kernel, pos, (const float *)m->pacc, (const float *)m->pm,
+			                      (const float *)m->pl, nh, D, P, nsplit, m->attn));
+		}
 		MARK(5);
+		if (fused) {
+			fa.W = L.o;
+			fa.norm = nullptr;
+			fa.xb = m->attn;
+			fa.out = H;
+			fa.in = nh * D;
+			fa.Y = m->x;
+			CK(fg_launch<FG_RESID>(T, fa, m->sms, m->fg_b, m->fg_occ, pdl, s));
+			MARK(6);
+			fa.W = L.gate_up;
+			fa.norm = L.mlp_norm;
+			fa.xf = m->x;
+			fa.out = 2 * I;
+			fa.in = H;
+			fa.act = m->act;
+			CK(fg_launch<FG_SILU>(T, fa, m->sms, m->fg_b, m->fg_occ, pdl, s));
+			MARK(7);
+			fa.W = L.down;
+			fa.norm = nullptr;
+			fa.xb = m->act;
+			fa.out = H;
+			fa.in = I;
+			fa.Y = m->x;
+			CK(fg_launch<FG_RESID>(T, fa, m->sms, m->fg_b, m->fg_occ, pdl, s));
+			MARK(9);
+			continue;
+		}
 		if (!gemm(m, L.o, m->attn, m->x, H, T, nh * D, 1.f, st)) return 0;
 		MARK(6);
 		rmsnorm_kernel<<<T, 256, 0, s>>>(m->x, nullptr, L.mlp_norm, m->xn, H, c.eps);
 		CKL();
 		MARK(1);
-		if (!gemm(m, L.gate_up, m->xn, m->gu, 2 * I, T, H, 0.f, st)) return 0;
-		MARK(7);
-		silu_mul_kernel<<<dim3((I + 255) / 256, T), 256, 0, s>>>(m->gu, m->act, I);
-		CKL();
-		MARK(8);
+		if (T > 4 && I % 8 == 0 && m->gu_bf16) {
+			// prefill: gate/up in bf16 (as the reference model computes them)
+			float one = 1.f, zero = 0.f;
+			CKB(cublasGemmEx(m->blas, CUBLAS_OP_T, CUBLAS_OP_N, 2 * I, T, H, &one, L.gate_up, CUDA_R_16BF, H, m->xn,
+			                 CUDA_R_16BF, H, &zero, m->gu, CUDA_R_16BF, 2 * I, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+			MARK(7);
+			silu_mul_bf16_kernel<<<dim3((I / 8 + 255) / 256, T), 256, 0, s>>>((const __nv_bfloat16 *)m->gu, m->act, I);
+			CKL();
+			MARK(8);
+		} else {
+			if (!gemm(m, L.gate_up, m->xn, m->gu, 2 * I, T, H, 0.f, st)) return 0;
+			MARK(7);
+			silu_mul_kernel<<<dim3((I + 255) / 256, T), 256, 0, s>>>(m->gu, m->act, I);
+			CKL();
+			MARK(8);
+		}
 		if (!gemm(m, L.down, m->act, m->x, H, T, I, 1.f, st)) return 0;
 		MARK(9);
 	}
-	if (R > 0) {
+	if (R > 0 && fused && R <= m->fuse_max) {
+		fa.W = m->lm_head;
+		fa.norm = m->norm;
+		fa.xf = m->x;
+		fa.rows = rows;
+		fa.out = V;
+		fa.in = H;
+		fa.Y = m->logits;
+		CK(fg_launch<FG_STORE>(R, fa, m->sms, m->fg_b, m->fg_occ, pdl, s));
+		MARK(10);
+	} else if (R > 0) {
 		rmsnorm_kernel<<<R, 256, 0, s>>>(m->x, rows, m->norm, m->xn, H, c.eps);
 		CKL();
 		MARK(1);
 		if (!gemm(m, m->lm_head, m->xn, m->logits, V, R, H, 0.f, st)) return 0;
 		MARK(10);
+	}
+	if (R > 0) {
 		if (want_argmax) {
 			argmax_kernel<<<R, 1024, 0, s>>>(m->logits, V, m->d_argmax);
 			CKL();

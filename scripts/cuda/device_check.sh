@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine, from the repo root, with
 # cuda/build/cuda.test built here by `scripts/cuda/build.sh test` and carried.
-#   scripts/cuda/device_check.sh [fixtures] [shape] [bench] [memcheck] [syslib]   (default: all)
+#   scripts/cuda/device_check.sh [fixtures] [shape] [bench] [ab] [memcheck] [syslib] [tune] [ncu]   (default: the first five)
 # Logs and JSON go to $OUT (or ./out/device).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -52,9 +52,16 @@ if has bench; then
   echo "== benchmarks"
   DCU_OUT=$OUT DCU_REF=$SHAPE DCU_BENCH=1 timeout 240 "$T" -test.v -test.count=1 -test.run 'TestBench' 2>&1 | tee "$OUT/bench.log" | grep -E 'BENCH|PROFILE|^(---|FAIL|PASS|ok|panic)|cuda_test'
 fi
+if has ab; then
+  echo "== the same benchmarks with one fusion turned off at a time (DCU_NO_FUSE, DCU_NO_PDL, DCU_GU_F32)"
+  for v in "DCU_NO_FUSE=1" "DCU_NO_PDL=1" "DCU_GU_F32=1"; do
+    echo "-- $v"
+    env $v DCU_REF=$SHAPE DCU_BENCH=1 timeout 90 "$T" -test.count=1 -test.run 'TestBench' 2>&1 | grep -E 'BENCH (decode|prefill)' | sed -E 's/\| no graph.*//'
+  done
+fi
 if has tune; then
   echo "== decode/prefill timings under the tuning knobs (DCU_FILL, DCU_PMAX, DCU_DEC_MIN)"
-  for v in "DCU_PMAX=512" "DCU_PMAX=256" "DCU_PMAX=128" "DCU_FILL=8 DCU_PMAX=256" "DCU_DEC_MIN=100000"; do
+  for v in ${TUNE:-"DCU_PMAX=512" "DCU_PMAX=256" "DCU_PMAX=128" "DCU_FILL=8 DCU_PMAX=256" "DCU_DEC_MIN=100000"}; do
     echo "-- $v"
     env $v DCU_REF=$SHAPE DCU_BENCH=1 timeout 60 "$T" -test.count=1 -test.run 'TestBench' 2>&1 | grep -E 'BENCH (decode|prefill)|PROFILE decode b256' | sed -E 's/\| no graph.*//'
   done
@@ -65,6 +72,13 @@ if has ncu; then
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     "$T" -test.count=1 -test.run 'TestShapeModel' > "$OUT/ncu.txt" 2>&1
   grep -E 'attn_tile|Duration|Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit|Stall|Warp Cycles Per Issued' "$OUT/ncu.txt" | head -40
+fi
+if has ncu-gemv; then
+  echo "== ncu: the fused GEMVs of layer 0 of a one-token step (TestShapeModel)"
+  DCU_REF=$SHAPE timeout 200 ncu --kernel-name regex:fgemv --launch-count 4 \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+    "$T" -test.count=1 -test.run 'TestShapeModel' > "$OUT/ncu-gemv.txt" 2>&1
+  grep -E 'fgemv|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Grid Size|Stall|Warp Cycles Per Issued|Mem Busy|Max Bandwidth' "$OUT/ncu-gemv.txt" | head -80
 fi
 if has memcheck; then
   echo "== compute-sanitizer memcheck"
