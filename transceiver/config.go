@@ -39,7 +39,46 @@ const (
 	// EnvUCXLib is the path or name of libucp to dlopen (default
 	// "libucp.so.0").
 	EnvUCXLib = "DISAGG_UCX_LIB"
+	// EnvStaging is "auto" (default: stage only device memory the backend
+	// cannot register) or "force" (stage every region, host ones through
+	// plain memory copies: for tests and measurements).
+	EnvStaging = "DISAGG_KV_STAGING"
+	// EnvTransferMode is how a generation worker gets a request's KV:
+	// "auto" (default: the context worker pushes when either pool is on a
+	// GPU or its side is staged, else the generation worker pulls),
+	// "push" or "pull".
+	EnvTransferMode = "DISAGG_KV_TRANSFER_MODE"
 )
+
+// Values of DISAGG_KV_STAGING.
+const (
+	StagingAuto  = "auto"
+	StagingForce = "force"
+)
+
+// Values of DISAGG_KV_TRANSFER_MODE.
+const (
+	ModeAuto = "auto"
+	ModePush = "push"
+	ModePull = "pull"
+)
+
+// DefaultMaxTokensInBuffer is max_tokens_in_buffer when unset: the tokens
+// one staging chunk holds.
+const DefaultMaxTokensInBuffer = 4096
+
+// TransferModeFromEnv reads DISAGG_KV_TRANSFER_MODE (lower-cased; unset:
+// auto) and checks it.
+func TransferModeFromEnv() (string, error) {
+	v := strings.ToLower(strings.TrimSpace(os.Getenv(EnvTransferMode)))
+	switch v {
+	case "":
+		return ModeAuto, nil
+	case ModeAuto, ModePush, ModePull:
+		return v, nil
+	}
+	return "", fmt.Errorf("transceiver: %s=%q: want %s, %s or %s", EnvTransferMode, v, ModeAuto, ModePush, ModePull)
+}
 
 // EnvVars documents every environment variable the transceiver reads, for
 // the README table and `worker probe`.
@@ -52,6 +91,8 @@ func EnvVars() map[string]string {
 		"DISAGG_UCX_WAKEUP":   "0: the UCX progress loop naps on a timer instead of sleeping on the worker's event fd",
 		"DISAGG_UCX_ERR_MODE": "none: UCX endpoints without peer error handling (faster transports such as cma and cuda_ipc; a dead peer may hang or abort the process)",
 		"UCX_*":               "passed to UCX unchanged (UCX_TLS, UCX_NET_DEVICES, ...)",
+		EnvStaging:            "auto (default): stage through pinned host buffers only device memory the backend cannot register; force: stage every pool",
+		EnvTransferMode:       "auto (default): the context worker pushes when either pool is on a GPU or staged, the generation worker pulls between host pools; push; pull",
 	}
 }
 
@@ -66,7 +107,9 @@ type Config struct {
 	// Backend is DEFAULT, UCX or NIXL (case-insensitive).
 	Backend string `yaml:"backend" json:"backend"`
 	// MaxTokensInBuffer sizes the pinned host staging buffer used when
-	// device memory cannot be moved directly; 0 means the backend default.
+	// device memory cannot be moved directly (see Staging): each chunk of
+	// a staged transfer holds at most this many tokens, rounded up to
+	// whole blocks; 0 means DefaultMaxTokensInBuffer.
 	MaxTokensInBuffer int `yaml:"max_tokens_in_buffer" json:"max_tokens_in_buffer"`
 	// KVTransferTimeoutMs is the deadline of one request's transfer on
 	// either side; 0 means 30 s.
@@ -86,6 +129,8 @@ type Config struct {
 	NIXLLibDir string `yaml:"-" json:"nixl_lib_dir,omitempty"`
 	// UCXLib is the libucp to dlopen (from DISAGG_UCX_LIB).
 	UCXLib string `yaml:"-" json:"ucx_lib,omitempty"`
+	// Staging is StagingAuto or StagingForce (from DISAGG_KV_STAGING).
+	Staging string `yaml:"-" json:"staging,omitempty"`
 	// FaultEvery, when positive, makes the backend fail every Nth posted
 	// operation with ErrInjected. For tests only.
 	FaultEvery int `yaml:"-" json:"-"`
@@ -155,6 +200,12 @@ func (c *Config) Complete() {
 	if c.UCXLib == "" {
 		c.UCXLib = os.Getenv(EnvUCXLib)
 	}
+	if c.Staging == "" {
+		c.Staging = strings.ToLower(strings.TrimSpace(os.Getenv(EnvStaging)))
+	}
+	if c.Staging == "" {
+		c.Staging = StagingAuto
+	}
 }
 
 // Validate names the first bad field and what is allowed.
@@ -170,6 +221,11 @@ func (c Config) Validate() error {
 	}
 	if c.KVTransferSenderFutureTimeoutMs < 0 {
 		return fmt.Errorf("transceiver: cache_transceiver_config.kv_transfer_sender_future_timeout_ms = %d: must be >= 0", c.KVTransferSenderFutureTimeoutMs)
+	}
+	switch c.Staging {
+	case "", StagingAuto, StagingForce:
+	default:
+		return fmt.Errorf("transceiver: %s=%q: want %s or %s", EnvStaging, c.Staging, StagingAuto, StagingForce)
 	}
 	switch c.NIXLPlugin {
 	case "", PluginUCX, PluginLIBFABRIC:

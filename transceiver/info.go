@@ -28,7 +28,18 @@ type RemoteRegion struct {
 	NumBlocks int
 	// Device is true when the peer registered GPU memory.
 	Device bool
+	// Staged is true when the region is the peer's host staging buffer
+	// (see Staging), not its KV pool: the pool itself cannot be reached,
+	// so the peer's blocks must be pushed by the peer, and block ids in
+	// this region are staging slots.
+	Staged bool
 }
+
+// Flags of the region byte in the info blob.
+const (
+	infoDevice = 1 << 0
+	infoStaged = 1 << 1
+)
 
 // Info is the decoded connection info of one agent.
 type Info struct {
@@ -59,11 +70,14 @@ func EncodeInfo(in Info) ([]byte, error) {
 	b = binary.LittleEndian.AppendUint64(b, in.Region.Base)
 	b = binary.LittleEndian.AppendUint64(b, uint64(in.Region.BlockBytes))
 	b = binary.LittleEndian.AppendUint64(b, uint64(in.Region.NumBlocks))
-	dev := byte(0)
+	flags := byte(0)
 	if in.Region.Device {
-		dev = 1
+		flags |= infoDevice
 	}
-	b = append(b, dev)
+	if in.Region.Staged {
+		flags |= infoStaged
+	}
+	b = append(b, flags)
 	b = appendBytes(b, in.Payload)
 	return b, nil
 }
@@ -148,13 +162,17 @@ func DecodeInfo(blob []byte) (Info, error) {
 	in.Agent = string(r.bytes(maxNameLen))
 	in.Region.Base = r.u64()
 	bb, nb := r.u64(), r.u64()
-	in.Region.Device = r.u8() == 1
+	flags := r.u8()
+	in.Region.Device, in.Region.Staged = flags&infoDevice != 0, flags&infoStaged != 0
 	in.Payload = r.bytes(maxPayloadLen)
 	if r.err != nil {
 		return Info{}, fmt.Errorf("%w: %v", ErrBadInfo, r.err)
 	}
 	if len(r.b) != 0 {
 		return Info{}, fmt.Errorf("%w: %d trailing bytes", ErrBadInfo, len(r.b))
+	}
+	if flags&^(infoDevice|infoStaged) != 0 {
+		return Info{}, fmt.Errorf("%w: unknown region flags %#x", ErrBadInfo, flags)
 	}
 	const maxInt32 = 1<<31 - 1
 	if bb == 0 || nb == 0 || bb > 1<<40 || nb > maxInt32 || bb*nb/nb != bb || in.Region.Base+bb*nb < in.Region.Base {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"time"
 	"unsafe"
 )
 
@@ -25,11 +26,42 @@ type Notification struct {
 	// Err, when non-empty, says the sender aborted the request; the
 	// receiver frees its blocks.
 	Err string
+	// Push, when set, turns the notification into a request: the receiver
+	// is asked to write its blocks Push.Src into the sender's blocks
+	// Blocks (same order), then to notify completion with checksums.
+	Push *PushRequest
 }
+
+// PushRequest is the part of a notification that asks its receiver (the
+// side holding a request's blocks) to push them to the asker, which
+// cannot pull them efficiently or at all (a staged pool, or CUDA IPC where
+// UCX turns zero-copy GET off).
+type PushRequest struct {
+	// Src are the receiver's block ids to send, one per destination in
+	// Notification.Blocks. The receiver checks them against the blocks it
+	// holds for the request before anything moves.
+	Src []int32
+	// Info is the asker's connection info (Transceiver.LocalInfo): where
+	// to write. Destinations are checked against its region.
+	Info []byte
+	// Budget is how long the write may take once the request arrives; the
+	// asker waits at least this long for the answer before it reuses the
+	// destination blocks.
+	Budget time.Duration
+	// Token authenticates the request (the disagg layer signs it with the
+	// cluster secret); at most MaxPushToken bytes.
+	Token []byte
+}
+
+// MaxPushToken bounds PushRequest.Token.
+const MaxPushToken = 64
 
 const (
 	notifMagic   = 'N'
 	notifVersion = 1
+	// Flag bits of a notification.
+	notifSums = 1 << 0
+	notifPush = 1 << 1
 	// MaxNotificationBlocks bounds the blocks one notification may name.
 	MaxNotificationBlocks = 1 << 20
 	maxNotifErr           = 4096
@@ -52,7 +84,22 @@ func EncodeNotification(n Notification) ([]byte, error) {
 	b = binary.LittleEndian.AppendUint64(b, n.RequestID)
 	flags := byte(0)
 	if len(n.Sums) != 0 {
-		flags |= 1
+		flags |= notifSums
+	}
+	if n.Push != nil {
+		if len(n.Push.Src) != len(n.Blocks) {
+			return nil, fmt.Errorf("transceiver: push request has %d sources for %d destinations", len(n.Push.Src), len(n.Blocks))
+		}
+		if len(n.Push.Info) > maxPayloadLen+4*maxNameLen {
+			return nil, fmt.Errorf("transceiver: push request's connection info of %d bytes is too long", len(n.Push.Info))
+		}
+		if len(n.Push.Token) > MaxPushToken {
+			return nil, fmt.Errorf("transceiver: push token of %d bytes exceeds %d", len(n.Push.Token), MaxPushToken)
+		}
+		if n.Push.Budget <= 0 || n.Push.Budget/time.Millisecond > 1<<31 {
+			return nil, fmt.Errorf("transceiver: push request budget %v: want a positive duration under 24 days", n.Push.Budget)
+		}
+		flags |= notifPush
 	}
 	b = append(b, flags)
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(n.Blocks)))
@@ -63,7 +110,16 @@ func EncodeNotification(n Notification) ([]byte, error) {
 		b = binary.LittleEndian.AppendUint32(b, s)
 	}
 	b = binary.LittleEndian.AppendUint16(b, uint16(len(msg)))
-	return append(b, msg...), nil
+	b = append(b, msg...)
+	if n.Push != nil {
+		for _, id := range n.Push.Src {
+			b = binary.LittleEndian.AppendUint32(b, uint32(id))
+		}
+		b = binary.LittleEndian.AppendUint32(b, uint32(max(1, n.Push.Budget/time.Millisecond)))
+		b = appendBytes(b, n.Push.Info)
+		b = appendBytes(b, n.Push.Token)
+	}
+	return b, nil
 }
 
 // DecodeNotification parses an untrusted notification.
@@ -84,13 +140,29 @@ func DecodeNotification(b []byte) (Notification, error) {
 		for i := range n.Blocks {
 			n.Blocks[i] = int32(r.u32())
 		}
-		if flags&1 != 0 {
+		if flags&notifSums != 0 {
 			n.Sums = make([]uint32, cnt)
 			for i := range n.Sums {
 				n.Sums[i] = r.u32()
 			}
 		}
 		n.Err = string(r.take(int(r.u16())))
+		if flags&notifPush != 0 && r.err == nil {
+			if int64(cnt)*4 > int64(len(r.b)) {
+				return Notification{}, fmt.Errorf("transceiver: push request claims %d sources in %d bytes", cnt, len(r.b))
+			}
+			p := &PushRequest{Src: make([]int32, cnt)}
+			for i := range p.Src {
+				p.Src[i] = int32(r.u32())
+			}
+			p.Budget = time.Duration(r.u32()) * time.Millisecond
+			p.Info = r.bytes(maxPayloadLen + 4*maxNameLen)
+			p.Token = r.bytes(MaxPushToken)
+			n.Push = p
+		}
+		if flags&^(notifSums|notifPush) != 0 && r.err == nil {
+			r.err = fmt.Errorf("unknown flags %#x", flags)
+		}
 	}
 	if r.err != nil {
 		return Notification{}, fmt.Errorf("transceiver: malformed notification: %v", r.err)
@@ -146,7 +218,8 @@ func Verify(r Region, blocks []int32, sums []uint32) error {
 
 // Push writes t's blocks to the peer and then notifies it. With sums, the
 // notification carries the CRC32C of each source block so that the
-// receiver can verify (Await). If the write fails and the peer can be
+// receiver can verify (Await); for a device region only when the peer is
+// a ChecksumWriter (staged), else the notification carries none. If the write fails and the peer can be
 // notified, it is told the request aborted so it can free its blocks.
 func Push(ctx context.Context, p Peer, local Region, t Transfer, sums bool) error {
 	nt, ok := p.(Notifier)
@@ -158,7 +231,13 @@ func Push(ctx context.Context, p Peer, local Region, t Transfer, sums bool) erro
 	for i, pr := range t.Pairs {
 		n.Blocks[i], src[i] = pr.Remote, pr.Local
 	}
-	if sums {
+	cw, summing := p.(ChecksumWriter)
+	if sums && local.Mem != nil && local.Mem.Device() && !summing {
+		// Device blocks would need a kernel to checksum; a staged peer
+		// (ChecksumWriter) sums them in host memory on the way.
+		sums = false
+	}
+	if sums && !summing {
 		s, err := Checksums(local, src)
 		if err != nil {
 			return err
@@ -166,10 +245,17 @@ func Push(ctx context.Context, p Peer, local Region, t Transfer, sums bool) erro
 		n.Sums = s
 	}
 	var err error
-	if wn, ok := p.(WriteNotifier); ok {
+	switch wn, ok := p.(WriteNotifier); {
+	case sums && summing:
+		if n.Sums, err = cw.WriteSums(ctx, t); err == nil {
+			err = nt.Notify(ctx, n)
+		}
+	case ok:
 		err = wn.WriteNotify(ctx, t, n)
-	} else if err = p.Write(ctx, t); err == nil {
-		err = nt.Notify(ctx, n)
+	default:
+		if err = p.Write(ctx, t); err == nil {
+			err = nt.Notify(ctx, n)
+		}
 	}
 	if err != nil {
 		if !errors.Is(err, ErrBadDescriptor) && !errors.Is(err, ErrPeerFailed) && !errors.Is(err, ErrClosed) {

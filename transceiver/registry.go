@@ -43,8 +43,10 @@ func Backends() []string {
 }
 
 // New makes a transceiver of the named backend (DEFAULT, UCX, NIXL;
-// DEFAULT resolves per ResolveBackend). cfg is completed from the
-// environment and validated; cfg.Backend is overwritten by name.
+// DEFAULT resolves per ResolveBackend), wrapped in Staging (which passes
+// everything through unless the registered region needs staging). cfg is
+// completed from the environment and validated; cfg.Backend is
+// overwritten by name.
 func New(name string, cfg Config) (Transceiver, error) {
 	resolved, err := ResolveBackend(name)
 	if err != nil {
@@ -61,5 +63,9 @@ func New(name string, cfg Config) (Transceiver, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: %s is not compiled into this binary (have %v); import disagg/transceiver/%s", ErrUnknownBackend, resolved, Backends(), strings.ToLower(resolved))
 	}
-	return f(cfg)
+	tr, err := f(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return Stage(tr, cfg), nil
 }

@@ -16,6 +16,11 @@
 //     request id and, when enabled, a checksum of every block, which the
 //     receiver verifies (Await); a mismatch fails closed.
 //
+// A receiver may also ask the holder of the blocks to push them (a
+// notification carrying a PushRequest), and a pool that the backend cannot
+// register (device memory without a CUDA-enabled UCX) moves through host
+// staging buffers (Staging, which New wraps every backend in).
+//
 // Completion, errors and deadlines travel through context.Context and
 // errors; every native resource has an explicit Close.
 package transceiver
@@ -73,11 +78,15 @@ type Region struct {
 	BlockBytes int
 	// NumBlocks is the number of blocks.
 	NumBlocks int
+	// TokensPerBlock is the number of tokens one block holds; it converts
+	// max_tokens_in_buffer into staging blocks (0: unknown, one token per
+	// block is assumed).
+	TokensPerBlock int
 }
 
 // RegionOf describes a whole KV pool as a Region.
 func RegionOf(p *kvcache.Pool) Region {
-	return Region{Mem: p.Memory(), BlockBytes: p.Layout().BlockBytes(), NumBlocks: p.NumBlocks()}
+	return Region{Mem: p.Memory(), BlockBytes: p.Layout().BlockBytes(), NumBlocks: p.NumBlocks(), TokensPerBlock: p.Layout().TokensPerBlock}
 }
 
 // Validate checks that the region is non-empty and fits in its memory.
@@ -172,6 +181,14 @@ type Waiter interface {
 	// WaitNotification returns the notification for requestID, waiting
 	// until it arrives or ctx is done. Each notification is returned once.
 	WaitNotification(ctx context.Context, requestID uint64) (Notification, error)
+}
+
+// ChecksumWriter is the optional ability of a Peer to write and return
+// the CRC32C of every block as it was sent, in t.Pairs order. A staged
+// peer has each block in host memory on the way, so it can checksum
+// device blocks without a kernel; Push uses it for device regions.
+type ChecksumWriter interface {
+	WriteSums(ctx context.Context, t Transfer) ([]uint32, error)
 }
 
 // DeviceMemory is the optional ability to register GPU memory directly.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/google/go-cmp/cmp"
@@ -116,6 +117,18 @@ func TestRegionValidate(t *testing.T) {
 }
 
 func TestInfoRoundTrip(t *testing.T) {
+	staged := Info{Backend: "NIXL", Agent: "gen-1", Region: RemoteRegion{Base: 0x1000, BlockBytes: 64, NumBlocks: 4, Staged: true}, Payload: []byte("md")}
+	sb, err := EncodeInfo(staged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := DecodeInfo(sb); err != nil || !cmp.Equal(staged, out) {
+		t.Errorf("staged info round trip: %+v, %v", out, err)
+	}
+	sb[len(sb)-len(staged.Payload)-5] |= 0x80 // an unknown region flag
+	if _, err := DecodeInfo(sb); !errors.Is(err, ErrBadInfo) {
+		t.Errorf("unknown region flag: %v", err)
+	}
 	in := Info{Backend: "UCX", Agent: "ctx-1", Region: RemoteRegion{Base: 0x7f0000, BlockBytes: 4096, NumBlocks: 12, Device: true}, Payload: []byte("addr+rkey")}
 	b, err := EncodeInfo(in)
 	if err != nil {
@@ -168,6 +181,7 @@ func TestNotificationRoundTrip(t *testing.T) {
 		{RequestID: 1 << 60, Blocks: []int32{3, 1, 2}},
 		{RequestID: 9, Blocks: []int32{3, 1}, Sums: []uint32{0xdeadbeef, 1}},
 		{RequestID: 9, Err: "deadline exceeded"},
+		{RequestID: 11, Blocks: []int32{0, 1, 2}, Push: &PushRequest{Src: []int32{9, 4, 6}, Info: []byte("asker"), Budget: 1500 * time.Millisecond, Token: []byte("mac")}},
 	} {
 		b, err := EncodeNotification(n)
 		if err != nil {
@@ -188,6 +202,35 @@ func TestNotificationRoundTrip(t *testing.T) {
 	}
 	if _, err := EncodeNotification(Notification{Blocks: []int32{1}, Sums: []uint32{1, 2}}); err == nil {
 		t.Error("mismatched sums accepted")
+	}
+	for name, p := range map[string]*PushRequest{
+		"sources":   {Src: []int32{1, 2}, Budget: time.Second},
+		"no budget": {Src: []int32{1}},
+		"token":     {Src: []int32{1}, Budget: time.Second, Token: make([]byte, MaxPushToken+1)},
+	} {
+		if _, err := EncodeNotification(Notification{Blocks: []int32{1}, Push: p}); err == nil {
+			t.Errorf("push request with bad %s accepted", name)
+		}
+	}
+}
+
+func TestStagingBlocks(t *testing.T) {
+	for _, c := range []struct{ tokens, perBlock, want int }{
+		{0, 16, DefaultMaxTokensInBuffer / 16}, {2048, 16, 128}, {2049, 16, 129}, {1, 16, 1}, {5, 0, 5}, {5, 3, 2},
+	} {
+		if got := StagingBlocks(c.tokens, c.perBlock); got != c.want {
+			t.Errorf("StagingBlocks(%d, %d) = %d, want %d", c.tokens, c.perBlock, got, c.want)
+		}
+	}
+}
+
+func TestTransferModeFromEnv(t *testing.T) {
+	for v, want := range map[string]string{"": ModeAuto, "PUSH": ModePush, " pull ": ModePull, "auto": ModeAuto, "sideways": ""} {
+		t.Setenv(EnvTransferMode, v)
+		got, err := TransferModeFromEnv()
+		if got != want || (want == "") != (err != nil) {
+			t.Errorf("%s=%q: %q, %v; want %q", EnvTransferMode, v, got, err, want)
+		}
 	}
 }
 
@@ -253,6 +296,7 @@ func TestConfigValidate(t *testing.T) {
 		{Backend: "MPI"},
 		{MaxTokensInBuffer: -1},
 		{KVTransferTimeoutMs: -1},
+		{Staging: "always"},
 		{KVTransferSenderFutureTimeoutMs: -1},
 		{NIXLPlugin: "GDS"},
 	} {

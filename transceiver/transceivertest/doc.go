@@ -46,6 +46,9 @@ func (s Suite) Run(t *testing.T) {
 	t.Run("SenderTimeout", s.SenderTimeout)
 	t.Run("PeerKilled", s.PeerKilled)
 	t.Run("FaultInjection", s.FaultInjection)
+	t.Run("Staged", s.Staged)
+	t.Run("PushRequests", s.PushRequests)
+	t.Run("PushTimeout", s.PushTimeout)
 	t.Run("Throughput", s.Throughput)
 	t.Run("DeviceTransfers", s.DeviceTransfers)
 }

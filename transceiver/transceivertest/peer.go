@@ -36,6 +36,10 @@ type peerSpec struct {
 	Seed      uint64
 	// Device puts the child's pool in CUDA device memory.
 	Device bool
+	// Staging and MaxTokens configure the child's Staging wrapper
+	// (DISAGG_KV_STAGING, max_tokens_in_buffer).
+	Staging   string
+	MaxTokens int
 }
 
 // Main is the TestMain of a backend's test package: in the child role it
@@ -120,11 +124,14 @@ func (s Suite) runPeer(specJSON string) int {
 	defer func() { _ = pool.Close() }()
 	region := transceiver.RegionOf(pool)
 	FillRandom(region, spec.Seed)
-	a, err := s.New(transceiver.Config{Name: fmt.Sprintf("peer-%d", os.Getpid()), KVTransferTimeoutMs: 10000})
+	cfg := transceiver.Config{Name: fmt.Sprintf("peer-%d", os.Getpid()), KVTransferTimeoutMs: 10000,
+		Staging: spec.Staging, MaxTokensInBuffer: spec.MaxTokens}
+	inner, err := s.New(cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "peer:", err)
 		return 2
 	}
+	a := transceiver.Stage(inner, cfg)
 	defer func() { _ = a.Close() }()
 	if err := a.Register(region); err != nil {
 		fmt.Fprintln(os.Stderr, "peer:", err)
@@ -142,6 +149,12 @@ func (s Suite) runPeer(specJSON string) int {
 	}
 	reply("INFO %s", base64.StdEncoding.EncodeToString(info))
 	var peer transceiver.Peer
+	pushPeers := map[string]transceiver.Peer{} // by connection info, for SERVE
+	defer func() {
+		for _, p := range pushPeers {
+			_ = p.Close()
+		}
+	}()
 	in := bufio.NewScanner(os.Stdin)
 	in.Buffer(make([]byte, 1<<20), 1<<26)
 	for in.Scan() {
@@ -177,7 +190,7 @@ func (s Suite) runPeer(specJSON string) int {
 				}
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(ms)*time.Millisecond)
-			_, err = transceiver.Await(ctx, a.(transceiver.Waiter), region, id, ids, true)
+			_, err = transceiver.Await(ctx, a, region, id, ids, true)
 			cancel()
 			// Success or not, the request is over: its blocks go back.
 			pool.Free(ids)
@@ -200,6 +213,28 @@ func (s Suite) runPeer(specJSON string) int {
 				err = transceiver.Push(context.Background(), peer, region, transceiver.Transfer{RequestID: id, Pairs: pairs}, true)
 			}
 			replyErr(reply, err)
+		case "SERVE": // SERVE id timeout_ms: answer one push request for id
+			id, _ := strconv.ParseUint(f[1], 10, 64)
+			ms, _ := strconv.Atoi(f[2])
+			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(ms)*time.Millisecond)
+			err := servePush(ctx, a, region, id, pushPeers)
+			cancel()
+			replyErr(reply, err)
+		case "SERVEN": // SERVEN first timeout_ms: answer push requests first, first+1, ... until one is not a push request; reply once
+			first, _ := strconv.ParseUint(f[1], 10, 64)
+			ms, _ := strconv.Atoi(f[2])
+			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(ms)*time.Millisecond)
+			var err error
+			for id := first; err == nil; id++ {
+				err = servePush(ctx, a, region, id, pushPeers)
+			}
+			cancel()
+			if errors.Is(err, errNotPush) {
+				err = nil
+			}
+			replyErr(reply, err)
+		case "STATS": // STATS -> chunks staged so far
+			reply("OK %d", a.Stats().Chunks)
 		case "FILL":
 			seed, _ := strconv.ParseUint(f[1], 10, 64)
 			FillRandom(region, seed)
@@ -215,6 +250,35 @@ func (s Suite) runPeer(specJSON string) int {
 		}
 	}
 	return 0
+}
+
+var errNotPush = errors.New("got a notification that is not a push request")
+
+// servePush waits for a push request for id and answers it: a write of
+// the named blocks into the asker's, then a notification with checksums
+// (transceiver.Push), as a context worker does.
+func servePush(ctx context.Context, a transceiver.Transceiver, region transceiver.Region, id uint64, peers map[string]transceiver.Peer) error {
+	n, err := a.(transceiver.Waiter).WaitNotification(ctx, id)
+	if err != nil {
+		return err
+	}
+	if n.Push == nil {
+		return fmt.Errorf("request %d: %w", id, errNotPush)
+	}
+	peer, ok := peers[string(n.Push.Info)]
+	if !ok {
+		if peer, err = a.Connect(ctx, n.Push.Info); err != nil {
+			return err
+		}
+		peers[string(n.Push.Info)] = peer
+	}
+	t := transceiver.Transfer{RequestID: id, Pairs: make([]transceiver.BlockPair, len(n.Blocks)), RemoteBlocks: n.Blocks}
+	for i := range n.Blocks {
+		t.Pairs[i] = transceiver.BlockPair{Local: n.Push.Src[i], Remote: n.Blocks[i]}
+	}
+	wctx, cancel := context.WithTimeout(ctx, n.Push.Budget)
+	defer cancel()
+	return transceiver.Push(wctx, peer, region, t, true)
 }
 
 func replyErr(reply func(string, ...any), err error) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"syscall"
@@ -20,11 +21,26 @@ type pair struct {
 	pool   *kvcache.Pool
 	region transceiver.Region
 	agent  transceiver.Transceiver
+	stg    *transceiver.Staging // agent, as the Staging wrapper it is
 	peer   transceiver.Peer
 	c      *child
 }
 
+// opts are setup's knobs beyond the block counts.
+type opts struct {
+	faultEvery int
+	// parentStaging and childStaging set DISAGG_KV_STAGING on each side
+	// ("" or "force"), maxTokens their max_tokens_in_buffer.
+	parentStaging, childStaging string
+	maxTokens                   int
+}
+
 func (s Suite) setup(t *testing.T, layout kvcache.Layout, parentBlocks, childBlocks, faultEvery int) *pair {
+	t.Helper()
+	return s.setupOpts(t, layout, parentBlocks, childBlocks, opts{faultEvery: faultEvery})
+}
+
+func (s Suite) setupOpts(t *testing.T, layout kvcache.Layout, parentBlocks, childBlocks int, o opts) *pair {
 	t.Helper()
 	s.Require(t)
 	pool, err := kvcache.NewHostPool(layout, parentBlocks)
@@ -34,11 +50,13 @@ func (s Suite) setup(t *testing.T, layout kvcache.Layout, parentBlocks, childBlo
 	t.Cleanup(func() { _ = pool.Close() })
 	region := transceiver.RegionOf(pool)
 	FillRandom(region, 11)
-	c := startChild(t, peerSpec{Layout: layout, NumBlocks: childBlocks, Seed: 22})
-	a, err := s.New(transceiver.Config{Name: "parent", KVTransferTimeoutMs: 5000, FaultEvery: faultEvery})
+	c := startChild(t, peerSpec{Layout: layout, NumBlocks: childBlocks, Seed: 22, Staging: o.childStaging, MaxTokens: o.maxTokens})
+	cfg := transceiver.Config{Name: "parent", KVTransferTimeoutMs: 5000, FaultEvery: o.faultEvery, Staging: o.parentStaging, MaxTokensInBuffer: o.maxTokens}
+	inner, err := s.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	a := transceiver.Stage(inner, cfg)
 	t.Cleanup(func() {
 		if err := a.Close(); err != nil {
 			t.Error(err)
@@ -57,7 +75,7 @@ func (s Suite) setup(t *testing.T, layout kvcache.Layout, parentBlocks, childBlo
 		t.Fatal(err)
 	}
 	c.mustCall("CONNECT %s", b64(info))
-	return &pair{pool: pool, region: region, agent: a, peer: peer, c: c}
+	return &pair{pool: pool, region: region, agent: a, stg: a, peer: peer, c: c}
 }
 
 func localBytes(r transceiver.Region, ids []int32) []byte {
@@ -455,6 +473,13 @@ func (s Suite) Throughput(t *testing.T) {
 			t.Logf("%s %s of %.1f MB: %v per transfer, %.2f GB/s", mode, c.name, bytesPer/1e6, el, bytesPer/el.Seconds()/1e9)
 		}
 	}
+	for _, c := range []struct {
+		name  string
+		pairs []transceiver.BlockPair
+	}{{"1 descriptor", contiguous}, {"128 descriptors", scattered}} {
+		el := s.timePush(t, p, c.pairs, 10)
+		t.Logf("push on request %s of %.1f MB: %v per transfer, %.2f GB/s", c.name, bytesPer/1e6, el, bytesPer/el.Seconds()/1e9)
+	}
 	l, r := sides(scattered[:8])
 	if !bytes.Equal(localBytes(p.region, l), p.c.dump(r)) {
 		t.Fatal("bytes differ after the throughput runs")
@@ -469,10 +494,16 @@ func (s Suite) move(ctx context.Context, p *pair, tr transceiver.Transfer, write
 	return p.peer.(transceiver.Reader).Read(ctx, tr)
 }
 
-// DeviceTransfers moves blocks between the CUDA device pools of two
-// processes (push and pull, one coalesced descriptor and 128 scattered
-// ones), checks them byte for byte and logs the bandwidth. It skips
-// without a GPU or when the backend cannot register device memory.
+// DeviceTransfers is the GPU benchmark of a 2048-token TinyLlama request
+// (128 blocks of 352 KiB, 46 MB) between the CUDA device pools of two
+// processes, beside a device-to-device copy of the same size measured in
+// the same run (the target is at least half of it): direct WRITE and READ
+// (one coalesced descriptor, and 128 scattered ones) and direct push on
+// request, where the backend registers device memory; and the staged
+// path (both sides DISAGG_KV_STAGING=force: device -> pinned host ->
+// network -> pinned host -> device, max_tokens_in_buffer 2048 and 512),
+// which also runs with a UCX that lacks CUDA. Every mode is checked byte
+// for byte. It skips without a GPU.
 func (s Suite) DeviceTransfers(t *testing.T) {
 	s.Require(t)
 	if err := cudamem.Available(); err != nil {
@@ -480,6 +511,102 @@ func (s Suite) DeviceTransfers(t *testing.T) {
 	}
 	layout := kvcache.Layout{Layers: 22, KVHeads: 4, HeadDim: 64, TokensPerBlock: 16, DType: kvcache.BFloat16}
 	const n = 128
+	size := n * layout.BlockBytes()
+	bytesPer := float64(size)
+	copyGBs := deviceCopyGBs(t, size)
+	t.Logf("device copy of %.1f MB: %.1f GB/s (the reference)", bytesPer/1e6, copyGBs)
+	report := func(what string, el time.Duration) {
+		gbs := bytesPer / el.Seconds() / 1e9
+		t.Logf("%s of %.1f MB: %v per transfer, %.1f GB/s, %.0f%% of the device copy", what, bytesPer/1e6, el, gbs, 100*gbs/copyGBs)
+	}
+	contiguous := make([]transceiver.BlockPair, n)
+	scattered := make([]transceiver.BlockPair, n)
+	for i := range contiguous {
+		contiguous[i] = transceiver.BlockPair{Local: int32(i), Remote: int32(i)}
+		scattered[i] = transceiver.BlockPair{Local: int32(i), Remote: int32((i * 37) % n)}
+	}
+	ctx := context.Background()
+	const reps = 10
+	t.Run("direct", func(t *testing.T) {
+		p := s.devicePair(t, layout, n, "", 0)
+		if !p.stg.SupportsDevice() {
+			t.Skip("the backend cannot register device memory here (for UCX: a libucp without cuda); see the staged case")
+		}
+		for _, cs := range []struct {
+			name  string
+			pairs []transceiver.BlockPair
+		}{{"1 descriptor", contiguous}, {"128 descriptors", scattered}} {
+			for _, write := range []bool{true, false} {
+				mode := "read"
+				if write {
+					mode = "write"
+				} else {
+					p.c.mustCall("FILL %d", 99)
+				}
+				tr := transceiver.Transfer{Pairs: cs.pairs}
+				if err := s.move(ctx, p, tr, write); err != nil {
+					t.Fatalf("%s %s: %v", mode, cs.name, err)
+				}
+				l, r := sides(cs.pairs[:8])
+				if !bytes.Equal(localBytes(p.region, l), p.c.dump(r)) {
+					t.Fatalf("device %s %s: bytes differ", mode, cs.name)
+				}
+				report("direct "+mode+" "+cs.name, timeReps(t, reps, func() error { return s.move(ctx, p, tr, write) }))
+			}
+		}
+		report("direct push on request, 1 descriptor", s.timePush(t, p, contiguous, reps))
+		report("direct push on request, 128 descriptors", s.timePush(t, p, scattered, reps))
+		p.c.exit()
+	})
+	for _, maxTokens := range []int{2048, 512} {
+		t.Run(fmt.Sprintf("staged-%d", maxTokens), func(t *testing.T) {
+			p := s.devicePair(t, layout, n, transceiver.StagingForce, maxTokens)
+			before := p.stg.Stats().Chunks
+			el := s.timePush(t, p, scattered, reps)
+			if got, per := p.stg.Stats().Chunks-before, chunksFor(n, p.stg.ChunkBlocks()); got%per != 0 || got < int64(reps+1)*per {
+				t.Errorf("staged %d chunks in %d+ transfers, want a multiple of %d", got, reps+1, per)
+			}
+			report(fmt.Sprintf("staged push on request (max_tokens_in_buffer %d), 128 descriptors", maxTokens), el)
+			p.c.exit()
+		})
+	}
+}
+
+// deviceCopyGBs measures a device-to-device copy of size bytes.
+func deviceCopyGBs(t *testing.T, size int) float64 {
+	t.Helper()
+	a, err := cudamem.Alloc(size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = a.Close() }()
+	b, err := cudamem.Alloc(size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = b.Close() }()
+	if err := cudamem.Copy(b.Ptr(), a.Ptr(), size); err != nil { // warm-up
+		t.Fatal(err)
+	}
+	if err := cudamem.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	const reps = 20
+	start := time.Now()
+	for i := 0; i < reps; i++ {
+		if err := cudamem.Copy(b.Ptr(), a.Ptr(), size); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := cudamem.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	return float64(size) / (time.Since(start) / reps).Seconds() / 1e9
+}
+
+// devicePair is setupOpts with both pools in device memory.
+func (s Suite) devicePair(t *testing.T, layout kvcache.Layout, n int, staging string, maxTokens int) *pair {
+	t.Helper()
 	mem, err := cudamem.Alloc(n * layout.BlockBytes())
 	if err != nil {
 		t.Fatal(err)
@@ -492,22 +619,24 @@ func (s Suite) DeviceTransfers(t *testing.T) {
 	t.Cleanup(func() { _ = pool.Close() })
 	region := transceiver.RegionOf(pool)
 	FillRandom(region, 11)
-	a, err := s.New(transceiver.Config{Name: "parent", KVTransferTimeoutMs: 30000})
+	cfg := transceiver.Config{Name: "parent", KVTransferTimeoutMs: 30000, Staging: staging, MaxTokensInBuffer: maxTokens}
+	inner, err := s.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	a := transceiver.Stage(inner, cfg)
 	t.Cleanup(func() {
 		if err := a.Close(); err != nil {
 			t.Error(err)
 		}
 	})
-	if dm, ok := a.(transceiver.DeviceMemory); !ok || !dm.SupportsDevice() {
-		t.Skip("the backend cannot register device memory here")
+	if staging == "" && !a.SupportsDevice() {
+		return &pair{pool: pool, region: region, agent: a, stg: a}
 	}
 	if err := a.Register(region); err != nil {
 		t.Fatal(err)
 	}
-	c := startChild(t, peerSpec{Layout: layout, NumBlocks: n, Seed: 22, Device: true})
+	c := startChild(t, peerSpec{Layout: layout, NumBlocks: n, Seed: 22, Device: true, Staging: staging, MaxTokens: maxTokens})
 	peer, err := a.Connect(context.Background(), c.info)
 	if err != nil {
 		t.Fatal(err)
@@ -518,44 +647,58 @@ func (s Suite) DeviceTransfers(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.mustCall("CONNECT %s", b64(info))
-	p := &pair{pool: pool, region: region, agent: a, peer: peer, c: c}
-	contiguous := make([]transceiver.BlockPair, n)
-	scattered := make([]transceiver.BlockPair, n)
-	for i := range contiguous {
-		contiguous[i] = transceiver.BlockPair{Local: int32(i), Remote: int32(i)}
-		scattered[i] = transceiver.BlockPair{Local: int32(i), Remote: int32((i * 37) % n)}
-	}
+	return &pair{pool: pool, region: region, agent: a, stg: a, peer: peer, c: c}
+}
+
+// timePush has the child push pairs' remote blocks into the local ones on
+// request (landing through the staging buffer when staged), checks the
+// bytes once, and returns the time of one transfer over reps.
+func (s Suite) timePush(t *testing.T, p *pair, pairs []transceiver.BlockPair, reps int) time.Duration {
+	t.Helper()
 	ctx := context.Background()
-	bytesPer := float64(n * layout.BlockBytes())
-	for _, cs := range []struct {
-		name  string
-		pairs []transceiver.BlockPair
-	}{{"1 descriptor", contiguous}, {"128 descriptors", scattered}} {
-		for _, write := range []bool{true, false} {
-			mode := "read"
-			if write {
-				mode = "write"
-			} else {
-				c.mustCall("FILL %d", 99)
-			}
-			tr := transceiver.Transfer{Pairs: cs.pairs}
-			if err := s.move(ctx, p, tr, write); err != nil {
-				t.Fatalf("%s %s: %v", mode, cs.name, err)
-			}
-			l, r := sides(cs.pairs[:8])
-			if !bytes.Equal(localBytes(region, l), c.dump(r)) {
-				t.Fatalf("device %s %s: bytes differ", mode, cs.name)
-			}
-			const reps = 10
-			start := time.Now()
-			for i := 0; i < reps; i++ {
-				if err := s.move(ctx, p, tr, write); err != nil {
-					t.Fatal(err)
-				}
-			}
-			el := time.Since(start) / reps
-			t.Logf("device %s %s of %.1f MB: %v per transfer, %.1f GB/s", mode, cs.name, bytesPer/1e6, el, bytesPer/el.Seconds()/1e9)
+	local, remote := sides(pairs)
+	id := uint64(1 << 20)
+	once := func() error {
+		return p.stg.Land(ctx, local, func(ctx context.Context, dst []int32, from, to int) ([]uint32, error) {
+			id++
+			return ask(ctx, p, id, dst, remote[from:to])
+		})
+	}
+	p.c.mustCall("FILL %d", 123)
+	if err := once(); err != nil {
+		t.Fatalf("push on request: %v", err)
+	}
+	if !bytes.Equal(localBytes(p.region, local[:8]), p.c.dump(remote[:8])) {
+		t.Fatal("push on request: bytes differ")
+	}
+	// Timed: the child serves a run of requests without a command each,
+	// until a plain notification ends the run.
+	p.c.send("SERVEN %d 120000", id+1)
+	el := timeReps(t, reps, func() error {
+		return p.stg.Land(ctx, local, func(ctx context.Context, dst []int32, from, to int) ([]uint32, error) {
+			id++
+			return askServed(ctx, p, id, dst, remote[from:to])
+		})
+	})
+	if err := p.peer.(transceiver.Notifier).Notify(ctx, transceiver.Notification{RequestID: id + 1, Err: "end of run"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.c.reply(); err != nil {
+		t.Fatalf("child SERVEN: %v", err)
+	}
+	return el
+}
+
+// timeReps runs f at least reps times and for at least half a second
+// (fast modes take microseconds) and returns the mean time of one run.
+func timeReps(t *testing.T, reps int, f func() error) time.Duration {
+	t.Helper()
+	start := time.Now()
+	n := 0
+	for ; n < reps || time.Since(start) < 500*time.Millisecond; n++ {
+		if err := f(); err != nil {
+			t.Fatal(err)
 		}
 	}
-	c.exit()
+	return time.Since(start) / time.Duration(n)
 }

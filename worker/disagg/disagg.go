@@ -24,10 +24,12 @@
 // The state is verified before anything else (signature, version, expiry,
 // layout, token count, every block id against the peer's registered
 // region): a forged or tampered state is a 400 and touches no memory.
-// Then blocks are allocated, the KV is pulled with the transceiver's
-// Reader (a pull needs no endpoint on the context worker; both the UCX and
-// the NIXL backends can pull), the context worker is notified (it frees
-// its blocks at once), and the request runs as engine.Request.Resume. On
+// Then blocks are allocated and the KV is moved: pulled with the
+// transceiver's Reader (a pull needs no endpoint on the context worker),
+// or, in push mode (see push.go and Options.TransferMode), written by the
+// context worker at the generation worker's request. Then the context
+// worker is notified (it frees its blocks at once), and the request runs
+// as engine.Request.Resume. On
 // any transfer error or timeout the generation side frees its blocks and
 // answers 502/504 (the proxy may retry); the context side frees its own at
 // its deadline, or at once when the abort notification reaches it.
@@ -119,6 +121,13 @@ type Options struct {
 	Transceiver transceiver.Transceiver
 	// Unavailable says why Transceiver is nil.
 	Unavailable string
+	// TransferMode is transceiver.ModeAuto, ModePush or ModePull; empty:
+	// DISAGG_KV_TRANSFER_MODE, else auto. Auto pushes when either pool is
+	// on a GPU or staged (UCX turns zero-copy GET off over CUDA IPC
+	// without NVLink, and a staged pool cannot be read remotely), and
+	// pulls between host pools. A staged context worker is always pushed
+	// from.
+	TransferMode string
 	// KV is the engine.
 	KV KV
 	// Logger receives the logs; nil: slog.Default().
@@ -162,6 +171,11 @@ type peerConn struct {
 type parkedKV struct {
 	blocks []int32
 	timer  *time.Timer
+	// busy is true while this worker pushes the blocks; a release then
+	// only marks them due (expired or freed), and the push frees them
+	// when its write has returned (the backend no longer reads them).
+	busy bool
+	due  bool
 }
 
 type metrics struct {
@@ -188,6 +202,17 @@ func New(opts Options) (*Manager, error) {
 	case RoleBoth, RoleContext, RoleGeneration:
 	default:
 		return nil, fmt.Errorf("disagg: role %q: want %q, %q or %q", opts.Role, RoleBoth, RoleContext, RoleGeneration)
+	}
+	switch opts.TransferMode {
+	case "":
+		mode, err := transceiver.TransferModeFromEnv()
+		if err != nil {
+			return nil, fmt.Errorf("disagg: %w", err)
+		}
+		opts.TransferMode = mode
+	case transceiver.ModeAuto, transceiver.ModePush, transceiver.ModePull:
+	default:
+		return nil, fmt.Errorf("disagg: transfer mode %q: want %q, %q or %q", opts.TransferMode, transceiver.ModeAuto, transceiver.ModePush, transceiver.ModePull)
 	}
 	log := opts.Logger
 	if log == nil {
@@ -346,9 +371,17 @@ func (m *Manager) await(w transceiver.Waiter, id int64, d time.Duration) {
 	defer m.wg.Done()
 	ctx, cancel := context.WithTimeout(m.ctx, d)
 	defer cancel()
-	n, err := w.WaitNotification(ctx, uint64(id))
-	if err != nil {
-		return // the deadline (or Close) frees the blocks
+	var n transceiver.Notification
+	for {
+		var err error
+		n, err = w.WaitNotification(ctx, uint64(id))
+		if err != nil {
+			return // the deadline (or Close) frees the blocks
+		}
+		if n.Push == nil {
+			break
+		}
+		m.servePush(ctx, id, n)
 	}
 	if m.release(id) {
 		if n.Err != "" {
@@ -360,10 +393,16 @@ func (m *Manager) await(w transceiver.Waiter, id int64, d time.Duration) {
 }
 
 // release frees a parked request's blocks; it reports whether it was
-// still parked (each request is released once).
+// still parked (each request is released once). While a push reads the
+// blocks they are only marked due, and endPush frees them.
 func (m *Manager) release(id int64) bool {
 	m.mu.Lock()
 	p, ok := m.parked[id]
+	if ok && p.busy {
+		p.due = true
+		m.mu.Unlock()
+		return true
+	}
 	delete(m.parked, id)
 	m.mu.Unlock()
 	if !ok {
@@ -372,6 +411,35 @@ func (m *Manager) release(id int64) bool {
 	p.timer.Stop()
 	m.Free(p.blocks)
 	return true
+}
+
+// beginPush marks a parked request busy and returns its blocks, or
+// reports that it is no longer parked.
+func (m *Manager) beginPush(id int64) ([]int32, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p, ok := m.parked[id]
+	if !ok || p.due || p.busy {
+		return nil, false
+	}
+	p.busy = true
+	return p.blocks, true
+}
+
+// endPush ends a push; blocks released meanwhile are freed now.
+func (m *Manager) endPush(id int64) {
+	m.mu.Lock()
+	p, ok := m.parked[id]
+	if !ok {
+		m.mu.Unlock()
+		return
+	}
+	p.busy = false
+	due := p.due
+	m.mu.Unlock()
+	if due {
+		m.release(id)
+	}
 }
 
 // Close frees every parked request's blocks, ends the waiters and closes
@@ -479,7 +547,9 @@ func (m *Manager) verify(p *api.DisaggregatedParams, prompt []int32) (State, tra
 	}
 	seen := make(map[int32]struct{}, len(st.Blocks))
 	for _, b := range st.Blocks {
-		if b < 0 || int(b) >= remote.Region.NumBlocks {
+		// A staged context worker's region is its staging buffer: its
+		// pool's blocks are checked by the context worker, which pushes.
+		if b < 0 || (!remote.Region.Staged && int(b) >= remote.Region.NumBlocks) {
 			return fail(param, "Block %d lies outside the context worker's %d blocks.", b, remote.Region.NumBlocks)
 		}
 		if _, dup := seen[b]; dup {
@@ -490,7 +560,8 @@ func (m *Manager) verify(p *api.DisaggregatedParams, prompt []int32) (State, tra
 	return st, remote, nil
 }
 
-// pull moves the context worker's blocks into local ones and notifies it.
+// pull moves the context worker's blocks into local ones (reading them,
+// or having the context worker push them: see push.go) and notifies it.
 // A cached connection that turns out to be dead (the context worker
 // restarted, or an earlier transfer timed out and the transceiver gave the
 // endpoint up) is dropped and the read retried once on a fresh one.
@@ -502,6 +573,7 @@ func (m *Manager) pull(ctx context.Context, st State, remote transceiver.Info, l
 	}
 	tctx, cancel := context.WithTimeout(ctx, m.opts.TransferTimeout)
 	defer cancel()
+	push := m.usePush(remote)
 	start := time.Now()
 	var peer transceiver.Peer
 	var err error
@@ -512,11 +584,15 @@ func (m *Manager) pull(ctx context.Context, st State, remote transceiver.Info, l
 			return api.KVTransfer{}, api.NewError(http.StatusBadGateway, api.TypeServer, "",
 				fmt.Sprintf("Could not connect to the context worker %q: %v.", remote.Agent, err))
 		}
-		rd, ok := peer.(transceiver.Reader)
-		if !ok {
-			return api.KVTransfer{}, api.Unavailable("The %s transceiver cannot pull KV blocks.", m.opts.Transceiver.Backend())
+		if push {
+			err = m.pushFetch(tctx, peer, st, local)
+		} else {
+			rd, ok := peer.(transceiver.Reader)
+			if !ok {
+				return api.KVTransfer{}, api.Unavailable("The %s transceiver cannot pull KV blocks.", m.opts.Transceiver.Backend())
+			}
+			err = rd.Read(tctx, t)
 		}
-		err = rd.Read(tctx, t)
 		if err == nil {
 			break
 		}
@@ -556,7 +632,7 @@ func (m *Manager) pull(ctx context.Context, st State, remote transceiver.Info, l
 	moved := api.KVTransfer{Bytes: int64(len(local)) * int64(m.pool.Layout().BlockBytes()), Duration: time.Since(start)}
 	m.metrics.seconds.Observe(moved.Duration.Seconds())
 	m.metrics.bytes.Add(float64(moved.Bytes))
-	m.log.Debug("KV pulled", "ctx_request_id", st.CtxRequestID, "blocks", len(local), "duration", moved.Duration)
+	m.log.Debug("KV transferred", "ctx_request_id", st.CtxRequestID, "blocks", len(local), "push", push, "duration", moved.Duration)
 	m.notify(peer, transceiver.Notification{RequestID: uint64(st.CtxRequestID)})
 	return moved, nil
 }

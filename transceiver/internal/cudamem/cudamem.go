@@ -1,10 +1,12 @@
 //go:build cgo
 
-// Package cudamem allocates CUDA device memory for the transceiver's GPU
-// tests: libcudart is dlopen'ed (never linked), so the package builds and
-// its callers skip cleanly on machines without CUDA. It is not the
-// project's CUDA backend (that lives in cuda/); it only gives tests a
-// kvcache.Memory on the device and copies to check bytes.
+// Package cudamem reaches the CUDA runtime for the transceiver: device
+// memory for its GPU tests, and the pinned host buffers and copies of
+// staged transfers (transceiver.Staging). libcudart is dlopen'ed (never
+// linked), so the package builds and its callers skip or fail cleanly on
+// machines without CUDA. It is not the project's CUDA backend (that lives
+// in cuda/). Copies run on the calling thread against the current device
+// (device 0 of CUDA_VISIBLE_DEVICES: one GPU per worker process).
 package cudamem
 
 /*
@@ -18,6 +20,9 @@ typedef int (*free_fn)(void *p);
 typedef int (*memcpy_fn)(void *dst, const void *src, size_t n, int kind);
 typedef int (*count_fn)(int *n);
 typedef const char *(*errstr_fn)(int e);
+typedef int (*hostalloc_fn)(void **p, size_t n, unsigned flags);
+typedef int (*freehost_fn)(void *p);
+typedef int (*sync_fn)(void);
 
 static struct {
 	void *lib;
@@ -26,6 +31,9 @@ static struct {
 	memcpy_fn cmemcpy;
 	count_fn count;
 	errstr_fn errstr;
+	hostalloc_fn hostalloc;
+	freehost_fn freehost;
+	sync_fn sync;
 } cu;
 
 static int cu_load(char *err, size_t errlen) {
@@ -39,7 +47,10 @@ static int cu_load(char *err, size_t errlen) {
 	*(void **)&cu.cmemcpy = dlsym(lib, "cudaMemcpy");
 	*(void **)&cu.count = dlsym(lib, "cudaGetDeviceCount");
 	*(void **)&cu.errstr = dlsym(lib, "cudaGetErrorString");
-	if (!cu.cmalloc || !cu.cfree || !cu.cmemcpy || !cu.count || !cu.errstr) {
+	*(void **)&cu.hostalloc = dlsym(lib, "cudaHostAlloc");
+	*(void **)&cu.freehost = dlsym(lib, "cudaFreeHost");
+	*(void **)&cu.sync = dlsym(lib, "cudaDeviceSynchronize");
+	if (!cu.cmalloc || !cu.cfree || !cu.cmemcpy || !cu.count || !cu.errstr || !cu.hostalloc || !cu.freehost || !cu.sync) {
 		snprintf(err, errlen, "libcudart lacks an entry point");
 		dlclose(lib);
 		return -1;
@@ -52,6 +63,9 @@ static int cu_malloc(void **p, size_t n) { return cu.cmalloc(p, n); }
 static int cu_free(void *p) { return cu.cfree(p); }
 static int cu_memcpy(void *d, const void *s, size_t n, int kind) { return cu.cmemcpy(d, s, n, kind); }
 static const char *cu_errstr(int e) { return cu.errstr(e); }
+static int cu_hostalloc(void **p, size_t n) { return cu.hostalloc(p, n, 0); }
+static int cu_freehost(void *p) { return cu.freehost(p); }
+static int cu_sync(void) { return cu.sync(); }
 */
 import "C"
 
@@ -149,4 +163,67 @@ func (m *Memory) CopyOut(off int, dst []byte) error {
 		return nil
 	}
 	return check(C.cu_memcpy(unsafe.Pointer(&dst[0]), unsafe.Add(m.ptr, off), C.size_t(len(dst)), 2), "cudaMemcpy to host")
+}
+
+// Sync waits until the device has finished all work
+// (cudaDeviceSynchronize).
+func Sync() error {
+	if err := Available(); err != nil {
+		return err
+	}
+	return check(C.cu_sync(), "cudaDeviceSynchronize")
+}
+
+// Copy copies n bytes from src to dst, either of which may be device or
+// host memory (cudaMemcpyDefault, unified addressing). Copies to host
+// memory and from pinned host memory are complete when it returns; a
+// device-to-device copy may still run (Sync waits for it), which is
+// ordered before later work on the device.
+func Copy(dst, src unsafe.Pointer, n int) error {
+	if err := Available(); err != nil {
+		return err
+	}
+	if n <= 0 {
+		return nil
+	}
+	return check(C.cu_memcpy(dst, src, C.size_t(n), 4), "cudaMemcpy")
+}
+
+// Pinned is page-locked host memory from cudaHostAlloc; it implements
+// kvcache.Memory (host memory: Device is false).
+type Pinned struct {
+	ptr  unsafe.Pointer
+	size int
+	once sync.Once
+}
+
+// AllocPinned allocates size bytes of page-locked host memory.
+func AllocPinned(size int) (*Pinned, error) {
+	if err := Available(); err != nil {
+		return nil, err
+	}
+	if size <= 0 {
+		return nil, errors.New("cudamem: size must be positive")
+	}
+	var p unsafe.Pointer
+	if err := check(C.cu_hostalloc(&p, C.size_t(size)), "cudaHostAlloc"); err != nil {
+		return nil, err
+	}
+	return &Pinned{ptr: p, size: size}, nil
+}
+
+// Ptr is the host address.
+func (m *Pinned) Ptr() unsafe.Pointer { return m.ptr }
+
+// Size is the length in bytes.
+func (m *Pinned) Size() int { return m.size }
+
+// Device is false: pinned memory is host memory.
+func (m *Pinned) Device() bool { return false }
+
+// Close frees the memory.
+func (m *Pinned) Close() error {
+	var err error
+	m.once.Do(func() { err = check(C.cu_freehost(m.ptr), "cudaFreeHost") })
+	return err
 }

@@ -35,3 +35,27 @@ func (m *Memory) CopyIn(off int, src []byte) error { return errNoCgo }
 
 // CopyOut fails.
 func (m *Memory) CopyOut(off int, dst []byte) error { return errNoCgo }
+
+// Copy fails without cgo.
+func Copy(dst, src unsafe.Pointer, n int) error { return errNoCgo }
+
+// Pinned is page-locked host memory; without cgo none can be allocated.
+type Pinned struct{}
+
+// AllocPinned always fails without cgo.
+func AllocPinned(size int) (*Pinned, error) { return nil, errNoCgo }
+
+// Ptr is nil.
+func (m *Pinned) Ptr() unsafe.Pointer { return nil }
+
+// Size is 0.
+func (m *Pinned) Size() int { return 0 }
+
+// Device is false.
+func (m *Pinned) Device() bool { return false }
+
+// Close does nothing.
+func (m *Pinned) Close() error { return nil }
+
+// Sync fails without cgo.
+func Sync() error { return errNoCgo }
