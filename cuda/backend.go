@@ -4,6 +4,7 @@ package cuda
 
 /*
 #include "dcu.h"
+#include "sample.h"
 */
 import "C"
 
@@ -35,6 +36,13 @@ type Backend struct {
 	logits []float32
 	argmax []int32
 	closed bool
+
+	// smp samples launched steps on the device (sample.go), made by the
+	// first Launch. launchedRows is the row count of the last step, when
+	// Launch ran it (the rows the next batch's negative token ids may
+	// name), else -1.
+	smp          *C.dcu_sampler
+	launchedRows int
 }
 
 var _ compute.Backend = (*Backend)(nil)
@@ -69,7 +77,7 @@ func New(m *model.Model, pool *kvcache.Pool, opts Options) (*Backend, error) {
 	if pool.Layout() != want {
 		return nil, fmt.Errorf("cuda: pool layout %+v, want %+v", pool.Layout(), want)
 	}
-	b := &Backend{cfg: cfg, pool: pool, layout: want, dev: opts.Device}
+	b := &Backend{cfg: cfg, pool: pool, layout: want, dev: opts.Device, launchedRows: -1}
 	if b.dev == nil {
 		b.dev = mem.dev
 	}
@@ -170,7 +178,10 @@ func (b *Backend) WeightBytes() int64 {
 func (b *Backend) Device() *Device { return b.dev }
 
 // pack validates the batch and writes the step's ints (see dcu_batch).
-func (b *Backend) pack(batch *compute.Batch) (cb C.dcu_batch, err error) {
+// Token ids < 0 name rows of the previous step (dcu_forward_async) and are
+// allowed when that step had prevRows rows (Launch); prevRows < 0 allows
+// none.
+func (b *Backend) pack(batch *compute.Batch, prevRows int) (cb C.dcu_batch, err error) {
 	cfg, lay := b.cfg, b.layout
 	T := batch.NumTokens()
 	if T == 0 {
@@ -213,7 +224,10 @@ func (b *Backend) pack(batch *compute.Batch) (cb C.dcu_batch, err error) {
 		}
 		copy(tables[toff:], s.Blocks)
 		for j, tok := range s.Tokens {
-			if tok < 0 || int(tok) >= cfg.VocabSize {
+			if int(tok) >= cfg.VocabSize || (tok < 0 && int(-tok-1) >= prevRows) {
+				if tok < 0 {
+					return cb, fmt.Errorf("%w: seq %d: token %d names no row of the previous launched step (%d rows)", compute.ErrBadBatch, i, tok, max(prevRows, 0))
+				}
 				return cb, fmt.Errorf("%w: seq %d: token %d outside the vocabulary of %d", compute.ErrBadBatch, i, tok, cfg.VocabSize)
 			}
 			p := s.Start + j
@@ -236,10 +250,11 @@ func (b *Backend) run(ctx context.Context, batch *compute.Batch, wantLogits, wan
 	if b.closed {
 		return 0, ErrClosed
 	}
-	cb, err := b.pack(batch)
+	cb, err := b.pack(batch, -1)
 	if err != nil {
 		return 0, err
 	}
+	b.launchedRows = -1 // negative token ids are invalid after this step
 	R := int(cb.num_rows)
 	V := b.cfg.VocabSize
 	if wantLogits && cap(b.logits) < R*V {
@@ -291,10 +306,11 @@ func (b *Backend) Greedy(ctx context.Context, batch *compute.Batch) ([]int32, er
 // device time per step (events; the KV writes are idempotent). graph says
 // whether a decode step may replay a CUDA graph. For benchmarks.
 func (b *Backend) TimeStep(ctx context.Context, batch *compute.Batch, n int, graph bool) (time.Duration, error) {
-	cb, err := b.pack(batch)
+	cb, err := b.pack(batch, -1)
 	if err != nil {
 		return 0, err
 	}
+	b.launchedRows = -1
 	var ms C.float
 	err = b.dev.Do(ctx, func() error {
 		var pin runtime.Pinner
@@ -326,7 +342,8 @@ func (b *Backend) Close() error {
 		m := b.m
 		b.m = nil
 		err = b.dev.Do(context.Background(), func() error {
-			return call(func(st *C.dcu_status) C.int { return C.dcu_model_destroy(m, st) })
+			return errors.Join(b.closeSampler(),
+				call(func(st *C.dcu_status) C.int { return C.dcu_model_destroy(m, st) }))
 		})
 	}
 	return err
@@ -336,10 +353,11 @@ func (b *Backend) Close() error {
 // returns the device time per operation kind ("gemm_qkv", "attention", ...).
 // For benchmarks; the events serialize nothing but add a little time.
 func (b *Backend) Profile(ctx context.Context, batch *compute.Batch) (map[string]time.Duration, error) {
-	cb, err := b.pack(batch)
+	cb, err := b.pack(batch, -1)
 	if err != nil {
 		return nil, err
 	}
+	b.launchedRows = -1
 	var ms [C.DCU_PROF_KINDS]C.float
 	err = b.dev.Do(ctx, func() error {
 		var pin runtime.Pinner

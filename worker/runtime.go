@@ -126,6 +126,9 @@ func Open(cfg config.Config, log *slog.Logger) (*Runtime, error) {
 		MaxSeqLen:    rt.MaxSeqLen,
 		EOSTokenIDs:  mc.EOSTokenIDs,
 		VocabSize:    mc.VocabSize,
+		// Both backends sample on their side (compute.Sampler), so the
+		// overlap scheduler applies to either.
+		DisableOverlap: cfg.DisableOverlapScheduler,
 	}, log)
 	if err != nil {
 		return nil, err
@@ -175,7 +178,8 @@ func (rt *Runtime) openDisagg(log *slog.Logger) error {
 	} else {
 		rt.Transceiver = tr
 		log.Info("KV transceiver ready", "backend", tr.Backend(), "configured", ct.Backend,
-			"kv_transfer_timeout_ms", ct.KVTransferTimeoutMS, "kv_transfer_sender_future_timeout_ms", ct.KVTransferSenderFutureTimeoutMS)
+			"kv_transfer_timeout_ms", ct.KVTransferTimeoutMS, "kv_transfer_sender_future_timeout_ms", ct.KVTransferSenderFutureTimeoutMS,
+			"max_tokens_in_buffer", ct.MaxTokensInBuffer)
 	}
 	secret := cfg.ClusterSecret
 	if secret == "" {

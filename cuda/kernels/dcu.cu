@@ -1019,11 +1019,15 @@ __global__ void __launch_bounds__(128) attn_mma_dec_kernel(const float *__restri
 }
 
 // Combine the splits: out[t][h*D+d] = sum_s acc_s e^{m_s-M} / sum_s l_s e^{m_s-M}.
+// PDL: launched with programmatic dependent launch (the fused decode path).
+template <bool PDL>
 __global__ void attn_reduce_kernel(const int32_t *__restrict__ pos, const float *__restrict__ pacc,
                                    const float *__restrict__ pm, const float *__restrict__ pl, int nh, int D,
                                    int P, int nsplit, __nv_bfloat16 *__restrict__ out) {
-	pdl_trigger();
-	pdl_wait();
+	if (PDL) {
+		pdl_trigger();
+		pdl_wait();
+	}
 	int t = blockIdx.x, h = blockIdx.y;
 	int ns = pos[t] / P + 1;
 	size_t base = ((size_t)t * nh + h) * nsplit;
@@ -1213,9 +1217,9 @@ struct FgArgs {
 	int nh, nkv, D, tpb;
 };
 
-// A unit is two weight rows that one warp reads together and whose results
-// its epilogue combines: (j, j+D/2) of a head for RoPE, then pairs of V rows;
-// (gate i, up i) for SiLU; (2u, 2u+1) otherwise. Rows past out: none.
+// A unit is what one warp reads and finishes: two weight rows whose results
+// its epilogue combines, (j, j+D/2) of a head for RoPE, then pairs of V rows,
+// (gate i, up i) for SiLU; one row otherwise (r1 = -1).
 template <int MODE>
 __device__ __forceinline__ void fg_rows(const FgArgs &a, int u, int &r0, int &r1) {
 	if (MODE == FG_SILU) {
@@ -1231,10 +1235,9 @@ __device__ __forceinline__ void fg_rows(const FgArgs &a, int u, int &r0, int &r1
 			r1 = r0 + 1;
 		}
 	} else {
-		r0 = 2 * u;
-		r1 = 2 * u + 1;
+		r0 = u; // one row: more warps for the short matrices
+		r1 = -1;
 	}
-	if (r1 >= a.out) r1 = -1;
 }
 
 __device__ __forceinline__ void fg_dot(float *acc, uint4 wv, const __nv_bfloat16 *xs, int in, int i, int nt) {
@@ -1339,6 +1342,7 @@ template <int NT, int MODE, int FG_B>
 __global__ void __launch_bounds__(256, 2) fgemv_kernel(FgArgs a, int units) {
 	extern __shared__ __align__(16) unsigned char fg_smem[];
 	__nv_bfloat16 *xs = (__nv_bfloat16 *)fg_smem; // [NT][in]
+	constexpr bool TWO = MODE == FG_SILU || MODE == FG_ROPE; // two rows per unit
 	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 	const int n8 = a.in / 8;
 	const int nb = (n8 + 32 * FG_B - 1) / (32 * FG_B); // steps per unit
@@ -1353,7 +1357,7 @@ __global__ void __launch_bounds__(256, 2) fgemv_kernel(FgArgs a, int units) {
 		const int i = lane + 32 * j;
 		if (u < units && i < n8) {
 			c0[j] = ld_stream((const uint4 *)(a.W + (size_t)r0 * a.in) + i);
-			c1[j] = ld_stream((const uint4 *)(a.W + (size_t)(r1 >= 0 ? r1 : r0) * a.in) + i);
+			if (TWO) c1[j] = ld_stream((const uint4 *)(a.W + (size_t)r1 * a.in) + i);
 		}
 	}
 	pdl_trigger();
@@ -1378,13 +1382,13 @@ __global__ void __launch_bounds__(256, 2) fgemv_kernel(FgArgs a, int units) {
 		uint4 x0[FG_B], x1[FG_B];
 		if (nu < units) {
 			const uint4 *w0 = (const uint4 *)(a.W + (size_t)n0 * a.in);
-			const uint4 *w1 = (const uint4 *)(a.W + (size_t)(n1 >= 0 ? n1 : n0) * a.in);
+			const uint4 *w1 = (const uint4 *)(a.W + (size_t)(TWO ? n1 : n0) * a.in);
 #pragma unroll
 			for (int j = 0; j < FG_B; j++) {
 				const int i = nbb * 32 * FG_B + lane + 32 * j;
 				if (i < n8) {
 					x0[j] = ld_stream(w0 + i);
-					x1[j] = ld_stream(w1 + i);
+					if (TWO) x1[j] = ld_stream(w1 + i);
 				}
 			}
 		}
@@ -1393,14 +1397,14 @@ __global__ void __launch_bounds__(256, 2) fgemv_kernel(FgArgs a, int units) {
 			const int i = b * 32 * FG_B + lane + 32 * j;
 			if (i < n8) {
 				fg_dot(acc0, c0[j], xs, a.in, i, NT);
-				fg_dot(acc1, c1[j], xs, a.in, i, NT);
+				if (TWO) fg_dot(acc1, c1[j], xs, a.in, i, NT);
 			}
 		}
 		if (b == nb - 1) {
 #pragma unroll
 			for (int t = 0; t < NT; t++) {
 				acc0[t] = warp_sum(acc0[t]);
-				acc1[t] = warp_sum(acc1[t]);
+				if (TWO) acc1[t] = warp_sum(acc1[t]);
 			}
 			if (lane < NT) {
 				const int t = lane;
@@ -1430,7 +1434,7 @@ __global__ void __launch_bounds__(256, 2) fgemv_kernel(FgArgs a, int units) {
 
 template <int NT, int MODE, int B>
 static cudaError_t fg_launch1(const FgArgs &a, int sms, int occ, int pdl, cudaStream_t s) {
-	const int units = (MODE == FG_STORE || MODE == FG_RESID) ? (a.out + 1) / 2 : a.out / 2;
+	const int units = (MODE == FG_STORE || MODE == FG_RESID) ? a.out : a.out / 2;
 	cudaLaunchConfig_t cfg = {};
 	cfg.dynamicSmemBytes = (size_t)NT * a.in * 2;
 	if (occ <= 0) {
@@ -1678,7 +1682,8 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 	m->fill = env_int("DCU_FILL", 4, 1, 64);
 	m->pmax = env_int("DCU_PMAX", 512, 32, 512) / ATT_CHUNK * ATT_CHUNK;
 	m->dec_min = env_int("DCU_DEC_MIN", 8, 1, 1 << 30);
-	m->pmin = env_int("DCU_PMIN", ATT_CHUNK, ATT_CHUNK, 512) / ATT_CHUNK * ATT_CHUNK;
+	// splits of at least 64 keys: measured faster at batch 1 (fewer partial results to combine)
+	m->pmin = env_int("DCU_PMIN", 64, ATT_CHUNK, 512) / ATT_CHUNK * ATT_CHUNK;
 	if (m->pmin > m->pmax) m->pmin = m->pmax;
 	m->mma_dec = !(getenv("DCU_NO_MMA") && getenv("DCU_NO_MMA")[0] == '1');
 	m->fuse = m->use_gemv && !(getenv("DCU_NO_FUSE") && getenv("DCU_NO_FUSE")[0] == '1');
@@ -1875,8 +1880,12 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 	const dcu_config &c = m->c;
 	int H = c.hidden, I = c.inter, V = c.vocab, D = c.head_dim, nh = c.heads, nkv = c.kv_heads;
 	const int32_t *tokens = m->d_ints, *pos = tokens + T, *slot = pos + T, *btoff = slot + T, *rows = btoff + T;
-	const int32_t *tables = rows + R;
-	const int32_t *tile_first = tables + n_tables, *tile_len = tile_first + m->nt;
+	// device layout (prepare): the tiles before the block tables, so that
+	// every pointer a captured graph holds depends only on the graph's key
+	// (T, R, nt), not on the block tables' length, which grows with decoding
+	const int32_t *tile_first = rows + R, *tile_len = tile_first + m->nt;
+	const int32_t *tables = tile_len + m->nt;
+	(void)n_tables;
 	(void)max_ctx;
 	const int P = m->P, nsplit = m->nsplit;
 	attn_tile_fn tk = m->nt ? tile_kernel(D, m->qt) : nullptr;
@@ -1964,8 +1973,9 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			at[0].val.programmaticStreamSerializationAllowed = 1;
 			rc.attrs = at;
 			rc.numAttrs = fused && pdl ? 1 : 0;
-			CK(cudaLaunchKernelEx(&rc, attn_reduce_kernel, pos, (const float *)m->pacc, (const float *)m->pm,
-			                      (const float *)m->pl, nh, D, P, nsplit, m->attn));
+			CK(cudaLaunchKernelEx(&rc, rc.numAttrs ? attn_reduce_kernel<true> : attn_reduce_kernel<false>, pos,
+			                      (const float *)m->pacc, (const float *)m->pm, (const float *)m->pl, nh, D, P, nsplit,
+			                      m->attn));
 		}
 		MARK(5);
 		if (fused) {
@@ -2100,16 +2110,19 @@ static int prepare(dcu_model *m, const dcu_batch *b, dcu_status *st) {
 	int k = m->ints_k ^ 1;
 	CK(cudaEventSynchronize(m->ev_ints[k]));
 	int32_t *h = m->h_ints[k];
-	memcpy(h, b->ints, sizeof(int32_t) * base);
+	// tokens, pos, slot, btoff, rows | tile_first, tile_len | tables
+	const int head = 4 * T + R;
+	memcpy(h, b->ints, sizeof(int32_t) * head);
+	memcpy(h + head + 2 * nt, b->ints + head, sizeof(int32_t) * b->n_tables);
 	if (tiled) {
-		int32_t *first = h + base, *len = first + nt;
-		int k = 0;
+		int32_t *first = h + head, *len = first + nt;
+		int n = 0;
 		for (int t = 0; t < T;) {
 			int e = t + 1;
 			while (e < T && e - t < tq && btoff[e] == btoff[t] && pos[e] == pos[e - 1] + 1) e++;
-			first[k] = t;
-			len[k] = e - t;
-			k++;
+			first[n] = t;
+			len[n] = e - t;
+			n++;
 			t = e;
 		}
 	}

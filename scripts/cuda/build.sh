@@ -17,12 +17,14 @@ mkdir -p "$OUTD"
 NVCC_FLAGS=(-O3 -std=c++17 -arch="$ARCH" -Xcompiler -fPIC -lineinfo --resource-usage)
 for cu in "$ROOT"/cuda/kernels/*.cu; do
   o=$OUTD/$(basename "${cu%.cu}").o
-  if [ ! -f "$o" ] || [ "$cu" -nt "$o" ] || [ "$ROOT/cuda/kernels/dcu.h" -nt "$o" ]; then
+  newer=$(find "$ROOT/cuda/kernels" -name '*.h' -newer "$o" 2>/dev/null | head -1)
+  if [ ! -f "$o" ] || [ "$cu" -nt "$o" ] || [ -n "$newer" ]; then
     echo "nvcc $ARCH $(basename "$cu")"
     nice -n 10 "$CUDA_HOME/bin/nvcc" "${NVCC_FLAGS[@]}" -I"$ROOT/cuda/kernels" -c "$cu" -o "$o" 2> "$o.log" || { cat "$o.log"; exit 1; }
-    grep -E 'Function properties|registers|spill' "$o.log" > "$OUTD/resource-usage.txt" || true
   fi
 done
+# registers and spills of every kernel, from each object's log
+cat "$OUTD"/*.o.log 2>/dev/null | grep -E 'Function properties|registers|spill' > "$OUTD/resource-usage.txt" || true
 rm -f "$OUTD/libdcu.a"
 ar rcs "$OUTD/libdcu.a" "$OUTD"/*.o
 # Libraries the cgo link line names (-lcublas -lcudart_static), gathered in one folder.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine, from the repo root, with
 # cuda/build/cuda.test built here by `scripts/cuda/build.sh test` and carried.
-#   scripts/cuda/device_check.sh [fixtures] [shape] [bench] [ab] [memcheck] [syslib] [tune] [ncu]   (default: the first five)
+#   scripts/cuda/device_check.sh [fixtures] [shape] [bench] [ab] [memcheck] [syslib] [sample] [transfer] [tune] [ncu] [ncu-gemv]   (default: fixtures shape bench memcheck syslib)
 # Logs and JSON go to $OUT (or ./out/device).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -72,6 +72,20 @@ if has ncu; then
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     "$T" -test.count=1 -test.run 'TestShapeModel' > "$OUT/ncu.txt" 2>&1
   grep -E 'attn_tile|Duration|Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit|Stall|Warp Cycles Per Issued' "$OUT/ncu.txt" | head -40
+fi
+if has sample; then
+  echo "== device sampling and the overlap scheduler on the fixtures"
+  timeout 200 "$T" -test.v -test.count=1 -test.run 'TestSample|TestLaunchGreedy|TestEngineOverlap|TestEngineGraphReplay' 2>&1 | tee "$OUT/sample.log" | grep -E '^(---|FAIL|PASS|ok|panic)|cuda_test|sample_test'
+fi
+if has transfer; then
+  # bin/ucx.test (go test -c -o bin/ucx.test ./transceiver/ucx) and, in
+  # UCX_LIB_DIR, a CUDA-enabled UCX (the nixl-cu13 wheel's libucp* + ucx/)
+  echo "== KV transfer between two processes on this GPU (46 MB TinyLlama request)"
+  if [ -n "${UCX_LIB_DIR:-}" ]; then
+    export DISAGG_UCX_LIB=$(ls "$UCX_LIB_DIR"/libucp*.so* | head -1) UCX_MODULE_DIR=$UCX_LIB_DIR/ucx
+    export LD_LIBRARY_PATH="$UCX_LIB_DIR:$LD_LIBRARY_PATH"
+  fi
+  (cd "$ROOT/transceiver/ucx" && timeout 200 "$ROOT/bin/ucx.test" -test.v -test.count=1 -test.run 'TestTwoProcess/DeviceTransfers' 2>&1) | tee "$OUT/transfer.log" | grep -vE '^=== (RUN|PAUSE|CONT)'
 fi
 if has ncu-gemv; then
   echo "== ncu: the fused GEMVs of layer 0 of a one-token step (TestShapeModel)"

@@ -7,6 +7,16 @@
 // For disaggregated serving a request can stop after its context phase
 // and hand its KV blocks to the caller (Request.ContextOnly), or start from
 // KV blocks and first tokens the caller brings (Request.Resume).
+//
+// With a backend that samples on its side (compute.Sampler), steps whose
+// sequences need nothing but temperature, top-k, top-p, min-p and a seed
+// are launched there and only token ids come back; the overlap scheduler
+// (on unless Config.DisableOverlap) then plans and launches step n+1 while
+// step n runs, feeding continuing decodes the ids step n is still
+// sampling. A sequence that ends at step n has its step n+1 work dropped,
+// and its blocks return to the pool once step n+1 has run, just after its
+// last Output. Other steps (logprobs, penalties, min_tokens masking) run
+// synchronously with Forward and host sampling.
 package engine
 
 import (
@@ -52,6 +62,14 @@ type Config struct {
 	// VocabSize is the model's vocabulary size: the logits row length and
 	// the bound on token ids.
 	VocabSize int
+	// DisableOverlap turns the overlap scheduler off
+	// (disable_overlap_scheduler). It matters for a backend that samples on
+	// its side (compute.Sampler): by default the engine plans and launches
+	// step n+1 while step n runs there; with DisableOverlap it waits for
+	// step n's tokens first. Either way, steps with a sequence that needs
+	// the host sampler (logprobs, penalties, min_tokens masking) run
+	// synchronously with host sampling.
+	DisableOverlap bool
 }
 
 // Validate checks the limits; the error names the bad field.
@@ -97,6 +115,8 @@ type Stats struct {
 // the pool: Close stops the engine but closes neither.
 type Engine struct {
 	backend compute.Backend
+	sampler compute.Sampler // the backend's, or nil
+	overlap bool            // launch step n+1 before waiting for step n
 	pool    *kvcache.Pool
 	cfg     Config
 	log     *slog.Logger
@@ -115,6 +135,17 @@ type Engine struct {
 	closed   bool
 	admitted uint64 // admission counter
 	stats    Stats
+	// Launched steps are numbered from 1: launched is the last id given,
+	// completed the last whose Wait returned. Blocks released while a
+	// launched step that uses them may still run wait in deferred.
+	launched, completed uint64
+	deferred            []deferredFree
+}
+
+// deferredFree is blocks to free once step has completed.
+type deferredFree struct {
+	blocks []int32
+	step   uint64
 }
 
 // New makes an engine over backend b and pool. log may be nil (no logs).
@@ -137,6 +168,10 @@ func New(b compute.Backend, pool *kvcache.Pool, cfg Config, log *slog.Logger) (*
 		ctx: ctx, cancel: cancel,
 		wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{}),
 	}
+	if s, ok := b.(compute.Sampler); ok {
+		e.sampler = s
+		e.overlap = !cfg.DisableOverlap
+	}
 	e.stats.TotalBlocks = pool.NumBlocks()
 	return e, nil
 }
@@ -153,7 +188,8 @@ func (e *Engine) Start() {
 	e.log.Info("engine started", "backend", e.backend.Name(),
 		"max_batch_size", e.cfg.MaxBatchSize, "max_num_tokens", e.cfg.MaxNumTokens,
 		"max_seq_len", e.cfg.MaxSeqLen, "kv_blocks", e.pool.NumBlocks(),
-		"tokens_per_block", e.tpb, "eos_token_ids", e.cfg.EOSTokenIDs)
+		"tokens_per_block", e.tpb, "eos_token_ids", e.cfg.EOSTokenIDs,
+		"device_sampling", e.sampler != nil, "overlap_scheduler", e.overlap)
 	go e.loop()
 }
 
@@ -391,13 +427,33 @@ func (e *Engine) finishLocked(s *sequence, o Output) {
 		"prompt_tokens", s.promptLen, "err", o.Err)
 }
 
-// releaseBlocks returns s's blocks to the pool and forgets its KV.
+// releaseBlocks returns s's blocks to the pool and forgets its KV. While a
+// launched step with work of s may still run, the blocks go back only when
+// it has completed (freeCompletedLocked). e.mu must be held.
 func (e *Engine) releaseBlocks(s *sequence) {
 	if len(s.blocks) > 0 {
-		e.pool.Free(s.blocks)
+		if s.lastStep > e.completed {
+			e.deferred = append(e.deferred, deferredFree{blocks: s.blocks, step: s.lastStep})
+		} else {
+			e.pool.Free(s.blocks)
+		}
 	}
 	s.blocks = nil
 	s.computed = 0
+}
+
+// freeCompletedLocked frees the deferred blocks whose step has completed.
+func (e *Engine) freeCompletedLocked() {
+	kept := e.deferred[:0]
+	for _, d := range e.deferred {
+		if d.step <= e.completed {
+			e.pool.Free(d.blocks)
+		} else {
+			kept = append(kept, d)
+		}
+	}
+	clear(e.deferred[len(kept):])
+	e.deferred = kept
 }
 
 // abortAll ends every sequence with FinishAbort and err.

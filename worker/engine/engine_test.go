@@ -38,12 +38,23 @@ func baseConfig() Config {
 // that every block came back.
 func newHarness(t *testing.T, cfg Config, blocks int, start bool) *harness {
 	t.Helper()
+	return newHarnessWith(t, cfg, blocks, start, nil)
+}
+
+// newHarnessWith is newHarness with the engine's backend wrap(fake) when
+// wrap is not nil.
+func newHarnessWith(t *testing.T, cfg Config, blocks int, start bool, wrap func(compute.Backend) compute.Backend) *harness {
+	t.Helper()
 	pool, err := kvcache.NewHostPool(fakeLayout(), blocks)
 	if err != nil {
 		t.Fatal(err)
 	}
 	fake := newFake(t, pool, cfg)
-	e, err := New(fake, pool, cfg, nil)
+	var be compute.Backend = fake
+	if wrap != nil {
+		be = wrap(fake)
+	}
+	e, err := New(be, pool, cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -348,17 +359,23 @@ func TestChunkedPrefill(t *testing.T) {
 // preempted and recomputed, and still produce exactly the tokens of a run
 // without preemption, for greedy and for seeded random sampling.
 func TestPreemption(t *testing.T) {
-	for _, mode := range []string{"greedy", "seeded"} {
-		t.Run(mode, func(t *testing.T) {
+	for _, mode := range schedModes {
+		t.Run(mode.name, func(t *testing.T) { testPreemption(t, mode) })
+	}
+}
+
+func testPreemption(t *testing.T, mode schedMode) {
+	for _, kind := range []string{"greedy", "seeded"} {
+		t.Run(kind, func(t *testing.T) {
 			cfg := baseConfig()
 			cfg.MaxBatchSize, cfg.MaxNumTokens = 4, 16
-			h := newHarness(t, cfg, 10, false) // 40 tokens of KV
+			h := newHarnessWith(t, mode.config(cfg), 10, false, mode.wrap) // 40 tokens of KV
 			r := rand.New(rand.NewPCG(3, 3))
 			var reqs []*Request
 			var chans []<-chan Output
 			for i := 0; i < 6; i++ {
 				rq := greedyReq(fmt.Sprint(i), randPrompt(r, 5+i%4), 12)
-				if mode == "seeded" {
+				if kind == "seeded" {
 					rq.Sampling = sampling.DefaultParams()
 					rq.Sampling.Seed, rq.Sampling.HasSeed = int64(100+i), true
 				}
@@ -372,6 +389,7 @@ func TestPreemption(t *testing.T) {
 			if st := h.e.Stats(); st.Preemptions == 0 {
 				t.Errorf("no preemption happened: %+v", st)
 			}
+			checkMode(t, h.e, mode)
 		})
 	}
 }
@@ -395,6 +413,12 @@ func TestOutgrowsPool(t *testing.T) {
 }
 
 func TestFinishReasons(t *testing.T) {
+	for _, mode := range schedModes {
+		t.Run(mode.name, func(t *testing.T) { testFinishReasons(t, mode) })
+	}
+}
+
+func testFinishReasons(t *testing.T, mode schedMode) {
 	prompt := []int32{5, 9, 2, 33, 17, 8, 40, 1}
 	ref := refGenerate(t, greedyReq("ref", prompt, 40), 40)
 	first := func(tok int32) int { return slices.Index(ref, tok) }
@@ -452,7 +476,7 @@ func TestFinishReasons(t *testing.T) {
 			if tt.maxSeqLen > 0 {
 				cfg.MaxSeqLen = tt.maxSeqLen
 			}
-			h := newHarness(t, cfg, 32, true)
+			h := newHarnessWith(t, mode.config(cfg), 32, true, mode.wrap)
 			rq := greedyReq("r", prompt, 40)
 			tt.edit(rq)
 			toks, last := collect(t, submit(t, h.e, context.Background(), rq))
@@ -565,10 +589,16 @@ func TestCancelDecoding(t *testing.T) {
 // cancelled give the reference tokens, the cancelled ones a prefix of them;
 // and every block comes back.
 func TestMix(t *testing.T) {
+	for _, mode := range schedModes {
+		t.Run(mode.name, func(t *testing.T) { testMix(t, mode) })
+	}
+}
+
+func testMix(t *testing.T, mode schedMode) {
 	cfg := baseConfig()
 	cfg.MaxBatchSize, cfg.MaxNumTokens, cfg.MaxSeqLen = 8, 32, 128
 	const blocks = 40
-	h := newHarness(t, cfg, blocks, true)
+	h := newHarnessWith(t, mode.config(cfg), blocks, true, mode.wrap)
 	var wg sync.WaitGroup
 	for w := 0; w < 4; w++ {
 		r := rand.New(rand.NewPCG(uint64(w), 9))
@@ -611,15 +641,23 @@ func TestMix(t *testing.T) {
 		}
 	}
 	wg.Wait()
+	waitFree(t, h.pool, blocks)
 	st := h.e.Stats()
 	if st.FreeBlocks != blocks || st.Running != 0 || st.Waiting != 0 {
 		t.Errorf("Stats after the mix = %+v, want %d free blocks and nothing in flight", st, blocks)
 	}
 	t.Logf("stats: %+v", st)
+	checkMode(t, h.e, mode)
 }
 
 func TestForwardError(t *testing.T) {
-	h := newHarness(t, baseConfig(), 16, false)
+	for _, mode := range schedModes {
+		t.Run(mode.name, func(t *testing.T) { testForwardError(t, mode) })
+	}
+}
+
+func testForwardError(t *testing.T, mode schedMode) {
+	h := newHarnessWith(t, mode.config(baseConfig()), 16, false, mode.wrap)
 	h.fake.before = func(_ context.Context, step int, _ *compute.Batch) error {
 		if step == 3 {
 			return errInjected
@@ -635,9 +673,7 @@ func TestForwardError(t *testing.T) {
 			t.Errorf("tokens %v, last %+v; want 2 tokens then FinishAbort wrapping the backend's error", toks, last)
 		}
 	}
-	if free := h.pool.FreeBlocks(); free != 16 {
-		t.Errorf("%d free blocks after the failed step, want 16", free)
-	}
+	waitFree(t, h.pool, 16)
 	c := greedyReq("c", []int32{4, 5, 6}, 4) // the engine carries on
 	h.check(t, c, submit(t, h.e, context.Background(), c))
 }

@@ -19,20 +19,48 @@ type work struct {
 }
 
 // loop runs steps until Close. With nothing to run it blocks on e.wake.
+//
+// A step whose every row the backend can sample (compute.Sampler) is
+// launched rather than run: with the overlap scheduler, while it runs the
+// loop plans and launches the next step (continuing decodes feed the
+// tokens the running step is still sampling), and only then waits for the
+// running step's tokens and processes them. Any other step runs
+// synchronously, with host sampling, once nothing is in flight.
 func (e *Engine) loop() {
 	defer close(e.done)
+	var fl *flight // launched, not yet processed
 	for {
 		select {
 		case <-e.quit:
+			if fl != nil {
+				e.complete(fl)
+			}
 			e.abortAll(ErrClosed)
 			return
 		default:
+		}
+		if fl != nil {
+			var next *flight
+			if e.overlap {
+				next = e.launchAhead()
+			}
+			e.complete(fl)
+			fl = next
+			continue
 		}
 		plan := e.schedule()
 		if len(plan) == 0 {
 			select {
 			case <-e.wake:
 			case <-e.quit:
+			}
+			continue
+		}
+		if f := e.launchPlan(plan); f != nil {
+			if e.overlap {
+				fl = f
+			} else {
+				e.complete(f)
 			}
 			continue
 		}
@@ -46,7 +74,7 @@ func (e *Engine) schedule() []work {
 	defer e.mu.Unlock()
 	for {
 		e.reapCancelledLocked()
-		plan := e.planLocked()
+		plan, _ := e.planLocked(false)
 		if len(plan) > 0 || len(e.running) == 0 {
 			return plan
 		}
@@ -72,7 +100,15 @@ func (e *Engine) schedule() []work {
 // order, unless this step preempted (admitting then would only thrash).
 // Blocks are allocated here, per chunk, as the work needs them;
 // admissions leave one free block per running sequence.
-func (e *Engine) planLocked() []work {
+//
+// ahead plans while a launched step is in flight (overlap scheduler):
+// decodes of its sampled tokens are planned without knowing them, except
+// where the token is sure to end the sequence (its length, a context-only
+// sequence's first token); and the plan never preempts nor fails a
+// sequence, since blocks freed now come back only when the step in flight
+// has run: where a decode cannot get a block, planLocked gives up (false)
+// and the caller waits for the step in flight first.
+func (e *Engine) planLocked(ahead bool) ([]work, bool) {
 	budget := e.cfg.MaxNumTokens
 	var plan []work
 	preempted := false
@@ -81,10 +117,13 @@ func (e *Engine) planLocked() []work {
 	// this oldest-first pass has not reached yet, or are s itself.
 	for i := 0; i < len(e.running) && budget > 0; i++ {
 		s := e.running[i]
-		if !s.decoding() {
+		if !s.decoding() || e.ending(s) {
 			continue
 		}
 		for e.reserveLocked(s, 1, 0) == 0 {
+			if ahead {
+				return nil, false
+			}
 			if e.reclaimLocked() {
 				continue
 			}
@@ -143,7 +182,14 @@ func (e *Engine) planLocked() []work {
 		plan = append(plan, e.workFor(s, n, s.decoding()))
 		budget -= n
 	}
-	return plan
+	return plan, true
+}
+
+// ending reports whether s's last token, sampled by a step still in flight,
+// is sure to end it: it reaches max_tokens or max_seq_len, or it is a
+// context-only sequence's first. Such a sequence gets no more work.
+func (e *Engine) ending(s *sequence) bool {
+	return (s.contextOnly && s.generated() > 0) || s.generated() >= s.maxTokens || len(s.tokens) >= e.cfg.MaxSeqLen
 }
 
 func (e *Engine) workFor(s *sequence, n int, decode bool) work {
@@ -328,25 +374,12 @@ func (e *Engine) step(plan []work) {
 		}
 	}
 	for _, res := range results {
-		switch {
-		case res.err != nil:
+		if res.err != nil {
 			e.log.Error("sampling failed", "id", res.s.id, "err", res.err)
 			e.finishLocked(res.s, abortOutput(res.err))
-		case res.out.Finish != FinishNone:
-			e.stats.GeneratedTokens++
-			e.finishLocked(res.s, res.out)
-		case res.s.contextOnly:
-			// The context phase is done: hand the prompt's KV over.
-			e.stats.GeneratedTokens++
-			out := res.out
-			out.Finish = FinishContextDone
-			out.KV = &KVHandoff{Blocks: res.s.blocks, Tokens: res.s.computed}
-			res.s.blocks = nil
-			e.finishLocked(res.s, out)
-		default:
-			e.stats.GeneratedTokens++
-			res.s.out <- res.out // buffered for every Output: never blocks
+			continue
 		}
+		e.emitLocked(res.s, res.out)
 	}
 }
 

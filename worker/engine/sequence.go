@@ -47,7 +47,10 @@ type sequence struct {
 
 	blocks   []int32 // block table
 	computed int     // tokens whose KV is in blocks
-	admitSeq uint64  // admission order (larger is newer)
+	// lastStep is the id of the last launched step with work of s; its
+	// blocks are freed only once that step has completed (overlap).
+	lastStep uint64
+	admitSeq uint64 // admission order (larger is newer)
 	// submitted is when Submit queued the sequence; queued is how long it
 	// then waited for its first admission (0 until admitted).
 	submitted time.Time
@@ -100,13 +103,19 @@ func (s *sequence) cancelErr() error {
 
 // finishFor says whether tok, just appended, ends the sequence.
 func (s *sequence) finishFor(tok int32, maxSeqLen int) FinishReason {
+	return s.finishAt(tok, len(s.tokens), maxSeqLen)
+}
+
+// finishAt says whether tok ends the sequence when it is token n-1 (with n
+// tokens, prompt included, up to and with it).
+func (s *sequence) finishAt(tok int32, n, maxSeqLen int) FinishReason {
 	if slices.Contains(s.stopIDs, tok) {
 		return FinishStop
 	}
 	if !s.ignoreEOS && slices.Contains(s.eosIDs, tok) {
 		return FinishStop
 	}
-	if s.generated() >= s.maxTokens || len(s.tokens) >= maxSeqLen {
+	if n-s.promptLen >= s.maxTokens || n >= maxSeqLen {
 		return FinishLength
 	}
 	return FinishNone

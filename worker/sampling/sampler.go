@@ -13,9 +13,9 @@ import (
 // greedyEps: temperatures below it are greedy (vLLM's _SAMPLING_EPS).
 const greedyEps = 1e-5
 
-// pcgStream is the fixed PCG stream (increment) of seeded samplers, so that
-// a seed alone fixes the sequence of draws.
-const pcgStream = 0x9e3779b97f4a7c15
+// GreedyBelow: temperatures below it are greedy, in Sample, SampleRow and
+// in every backend that samples on its side (compute.SampleParams).
+const GreedyBelow = greedyEps
 
 var (
 	// ErrBadLogits is returned when the logits row does not have the
@@ -32,14 +32,17 @@ type candidate struct {
 	prob float64 // unnormalised: exp((logit - max) / temperature)
 }
 
-// Sampler samples one sequence's tokens. It owns the sequence's random
-// source: seeded from Params.Seed when HasSeed, so the same seed gives the
-// same tokens whatever other sequences share the batch; otherwise seeded
-// randomly. A Sampler is not safe for concurrent use.
+// Sampler samples one sequence's tokens. Its randomness is counter-based:
+// the draw for the sequence's i-th generated token (from 0) is
+// Uniform(seed, i), with seed Params.Seed when HasSeed (so the same seed
+// gives the same tokens whatever other sequences share the batch, and
+// whether the host or a backend sampled them) and a random seed otherwise.
+// A Sampler is not safe for concurrent use.
 type Sampler struct {
 	p     Params
 	vocab int
-	rng   *rand.Rand
+	seed  uint64
+	next  uint64 // index of the next token: the counter of its draw
 	mask  []int32
 
 	seen map[int32]int32 // scratch for the penalties
@@ -56,26 +59,57 @@ var (
 // tokens. p should have passed Validate: out-of-range values never make
 // Sample panic, but what they sample is unspecified.
 func NewSampler(p Params, vocab int) *Sampler {
-	var src *rand.PCG
-	if p.HasSeed {
-		src = rand.NewPCG(uint64(p.Seed), pcgStream)
-	} else {
-		src = rand.NewPCG(rand.Uint64(), rand.Uint64())
+	seed := uint64(p.Seed)
+	if !p.HasSeed {
+		seed = rand.Uint64()
 	}
-	return &Sampler{p: p, vocab: vocab, rng: rand.New(src)}
+	return &Sampler{p: p, vocab: vocab, seed: seed}
 }
 
-// Skip advances the random source as n calls of Sample would that each
-// drew from it (temperature above 0 and candidates left), so that a
-// sequence resumed elsewhere after n sampled tokens continues the same
-// seeded stream. Greedy samplers draw nothing, and Skip does nothing.
-func (s *Sampler) Skip(n int) {
-	if s.p.Temperature < greedyEps {
-		return
-	}
-	for i := 0; i < n; i++ {
-		s.rng.Float64()
-	}
+// Skip advances the draw counter as n calls of Sample would, so that a
+// sequence resumed elsewhere after n sampled tokens, or whose tokens a
+// backend sampled with Seed and Step, continues the same stream.
+func (s *Sampler) Skip(n int) { s.next += uint64(n) }
+
+// Seed is the seed of the sampler's draws: Params.Seed when HasSeed, else
+// the random one it picked.
+func (s *Sampler) Seed() uint64 { return s.seed }
+
+// Step is the counter of the next draw: the number of Sample calls and
+// skipped tokens so far.
+func (s *Sampler) Step() uint64 { return s.next }
+
+// Uniform is the counter-based random number behind every draw: a uniform
+// float64 in [0, 1), a function of (seed, step) alone, so that the i-th
+// token of a seeded sequence depends on nothing else. It hashes with the
+// splitmix64 finalizer: x = fmix(fmix(seed ^ uniformKey) + (step+1) *
+// golden), u = (x >> 11) * 2^-53. Backends that sample on their side
+// compute the same function (cuda/kernels/sample.cu).
+func Uniform(seed, step uint64) float64 {
+	x := fmix64(fmix64(seed^uniformKey) + (step+1)*golden64)
+	return float64(x>>11) * 0x1p-53
+}
+
+const (
+	uniformKey = 0x5851f42d4c957f2d
+	golden64   = 0x9e3779b97f4a7c15
+)
+
+// fmix64 is splitmix64's output function, a bijection of uint64 with full
+// avalanche.
+func fmix64(x uint64) uint64 {
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9
+	x = (x ^ (x >> 27)) * 0x94d049bb133111eb
+	return x ^ (x >> 31)
+}
+
+// DeviceCapable reports whether p needs nothing but temperature, top-k,
+// top-p, min-p and a seed: what SampleRow does, and what a backend that
+// samples on its side supports. Logprobs and the penalties need the host
+// sampler (Sample).
+func (p Params) DeviceCapable() bool {
+	return p.Logprobs < 0 && (p.RepetitionPenalty == 1 || p.RepetitionPenalty <= 0) &&
+		p.PresencePenalty == 0 && p.FrequencyPenalty == 0
 }
 
 // Params returns the sampler's parameters.
@@ -105,7 +139,7 @@ func (s *Sampler) SetMask(ids []int32) { s.mask = ids }
 //  7. otherwise logits / temperature, then top-k, top-p (the smallest set
 //     of most likely tokens whose probability sums to at least top_p, never
 //     empty), min-p (relative to the most likely token), and one uniform
-//     draw from the sampler's random source over what is left.
+//     draw, Uniform(Seed(), Step()), over what is left.
 //
 // It returns ErrBadLogits for a row of the wrong length and ErrNoCandidates
 // when no token is left to sample; it never panics on any float values.
@@ -113,13 +147,9 @@ func (s *Sampler) Sample(logits []float32, prompt, generated []int32) (int32, Lo
 	if len(logits) != s.vocab || s.vocab == 0 {
 		return 0, Logprobs{}, fmt.Errorf("%w: %d logits for a vocabulary of %d", ErrBadLogits, len(logits), s.vocab)
 	}
-	for i, l := range logits {
-		if l != l {
-			logits[i] = float32(math.Inf(-1))
-		} else if l > math.MaxFloat32 {
-			logits[i] = math.MaxFloat32
-		}
-	}
+	step := s.next
+	s.next++
+	sanitize(logits)
 
 	var (
 		lse float64
@@ -144,13 +174,7 @@ func (s *Sampler) Sample(logits []float32, prompt, generated []int32) (int32, Lo
 		}
 	}
 
-	var tok int32
-	var err error
-	if s.p.Temperature < greedyEps {
-		tok, err = argmax(logits)
-	} else {
-		tok, err = s.sampleRandom(logits)
-	}
+	tok, err := pick(logits, s.p, func() float64 { return Uniform(s.seed, step) })
 	if err != nil {
 		return 0, Logprobs{}, err
 	}
@@ -211,11 +235,43 @@ func (s *Sampler) applyPenalties(logits []float32, prompt, generated []int32) {
 	}
 }
 
+// sanitize makes NaN logits -inf and +inf ones the largest float32.
+func sanitize(logits []float32) {
+	for i, l := range logits {
+		if l != l {
+			logits[i] = float32(math.Inf(-1))
+		} else if l > math.MaxFloat32 {
+			logits[i] = math.MaxFloat32
+		}
+	}
+}
+
+// SampleRow samples one token from a row of logits, which it modifies in
+// place, with p's temperature, top-k, top-p and min-p and the uniform draw
+// u in [0, 1): steps 1, 6 and 7 of Sampler.Sample, with no penalties, mask
+// or logprobs (the rest of p is ignored). With u = Uniform(seed, step) it
+// returns what a Sampler with that seed and nothing to penalise returns
+// for its step-th token. It is the reference of backends that sample on
+// their side (compute.Sampler); ErrNoCandidates when no token is left.
+func SampleRow(logits []float32, p Params, u float64) (int32, error) {
+	sanitize(logits)
+	return pick(logits, p, func() float64 { return u })
+}
+
+// pick is greedy or random sampling of a sanitized row; draw is called
+// once, and only for a random draw.
+func pick(logits []float32, p Params, draw func() float64) (int32, error) {
+	if p.Temperature < greedyEps {
+		return argmax(logits)
+	}
+	return sampleRandom(logits, p, draw)
+}
+
 // sampleRandom runs temperature, top-k, top-p and min-p, then draws.
 // Candidates carry unnormalised probabilities exp((l - max) / T), so the
 // most likely has probability 1; tokens whose probability underflows to 0
 // are out. The candidate order is deterministic, so a seed fixes the token.
-func (s *Sampler) sampleRandom(logits []float32) (int32, error) {
+func sampleRandom(logits []float32, p Params, draw func() float64) (int32, error) {
 	maxL := float32(math.Inf(-1))
 	for _, l := range logits {
 		if l > maxL {
@@ -225,7 +281,7 @@ func (s *Sampler) sampleRandom(logits []float32) (int32, error) {
 	if math.IsInf(float64(maxL), -1) {
 		return 0, ErrNoCandidates
 	}
-	invT, m := 1/float64(s.p.Temperature), float64(maxL)
+	invT, m := 1/float64(p.Temperature), float64(maxL)
 	buf := candPool.Get().(*[]candidate)
 	cands := (*buf)[:0]
 	var total float64
@@ -240,13 +296,13 @@ func (s *Sampler) sampleRandom(logits []float32) (int32, error) {
 		candPool.Put(buf)
 	}(cands)
 
-	if k := s.p.TopK; k > 0 && k < len(cands) {
+	if k := p.TopK; k > 0 && k < len(cands) {
 		selectTop(cands, k)
 		cands = cands[:k]
 		total = sum(cands)
 	}
-	if s.p.TopP < 1 {
-		target := float64(s.p.TopP) * total
+	if p.TopP < 1 {
+		target := float64(p.TopP) * total
 		cands = prefixFor(cands, target)
 		slices.SortFunc(cands, order)
 		var cum float64
@@ -259,7 +315,7 @@ func (s *Sampler) sampleRandom(logits []float32) (int32, error) {
 		}
 		total = sum(cands)
 	}
-	if minP := float64(s.p.MinP); minP > 0 {
+	if minP := float64(p.MinP); minP > 0 {
 		// Relative to the most likely token, whose probability is 1.
 		kept := cands[:0]
 		for _, c := range cands {
@@ -273,7 +329,7 @@ func (s *Sampler) sampleRandom(logits []float32) (int32, error) {
 	if len(cands) == 0 || !(total > 0) {
 		return 0, ErrNoCandidates
 	}
-	u := s.rng.Float64() * total
+	u := draw() * total
 	var cum float64
 	for _, c := range cands {
 		cum += c.prob

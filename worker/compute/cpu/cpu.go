@@ -72,6 +72,10 @@ type Backend struct {
 	mu     sync.RWMutex
 	closed bool
 
+	// launchMu guards last, the step Launch started most recently.
+	launchMu sync.Mutex
+	last     *launched
+
 	buf buffers
 }
 
@@ -173,6 +177,7 @@ func (b *Backend) Name() string { return "cpu" }
 // Close stops the worker goroutines and drops the weights. It does not
 // close the model or the pool.
 func (b *Backend) Close() error {
+	b.waitLaunched()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -230,8 +235,15 @@ func grow(s []float32, n int) []float32 {
 	return s[:n]
 }
 
-// Forward runs one model step for the batch; see compute.Backend.
+// Forward runs one model step for the batch, after every step Launch
+// started; see compute.Backend.
 func (b *Backend) Forward(ctx context.Context, batch *compute.Batch) (*compute.Logits, error) {
+	b.waitLaunched()
+	return b.forward(ctx, batch)
+}
+
+// forward is Forward without waiting for launched steps.
+func (b *Backend) forward(ctx context.Context, batch *compute.Batch) (*compute.Logits, error) {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	if b.closed {
