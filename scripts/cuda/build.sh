@@ -17,7 +17,8 @@ mkdir -p "$OUTD"
 NVCC_FLAGS=(-O3 -std=c++17 -arch="$ARCH" -Xcompiler -fPIC -lineinfo --resource-usage)
 for cu in "$ROOT"/cuda/kernels/*.cu; do
   o=$OUTD/$(basename "${cu%.cu}").o
-  newer=$(find "$ROOT/cuda/kernels" -name '*.h' -newer "$o" 2>/dev/null | head -1)
+  newer=
+  [ -f "$o" ] && newer=$(find "$ROOT/cuda/kernels" -name '*.h' -newer "$o" | head -1)
   if [ ! -f "$o" ] || [ "$cu" -nt "$o" ] || [ -n "$newer" ]; then
     echo "nvcc $ARCH $(basename "$cu")"
     nice -n 10 "$CUDA_HOME/bin/nvcc" "${NVCC_FLAGS[@]}" -I"$ROOT/cuda/kernels" -c "$cu" -o "$o" 2> "$o.log" || { cat "$o.log"; exit 1; }
