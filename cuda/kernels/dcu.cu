@@ -864,6 +864,41 @@ __global__ void __launch_bounds__(128) attn_mma_dec_kernel(const float *__restri
 		for (int i = threadIdx.x; i <= (k1 - 1) / tpb - b0; i += blockDim.x) bts[i] = bt[b0 + i];
 	}
 	__syncthreads();
+	const size_t plane = (size_t)tpb * nkv * D;
+	__nv_bfloat16 *ks = stage + warp * STAGE, *vs = stage + (DEC_WARPS + warp) * STAGE;
+	// Stage a chunk of keys [c0, c0+32) into this warp's ks/vs (zeros past k1);
+	// only = -1: every key, else only key `only`.
+	auto stage_chunk = [&](int c0, int only) {
+		const int n = min(ATT_CHUNK, k1 - c0);
+		uint4 kk[8], vv[8];
+		const int key = c0 + lane;
+		const bool ok = lane < n, mine = only < 0 || key == only;
+		if (ok && mine) {
+			const __nv_bfloat16 *kp =
+			    kv_layer + (size_t)bts[key / tpb - b0] * block_stride + (size_t)(key % tpb) * nkv * D + (size_t)kvh * D;
+#pragma unroll
+			for (int u = 0; u < 8; u++) {
+				kk[u] = ((const uint4 *)kp)[u];
+				vv[u] = ((const uint4 *)(kp + plane))[u];
+			}
+		}
+		__syncwarp();
+		if (mine) {
+#pragma unroll
+			for (int u = 0; u < 8; u++) {
+				*(uint4 *)(ks + lane * MMA_KS + 8 * u) = ok ? kk[u] : make_uint4(0, 0, 0, 0);
+				*(uint4 *)(vs + lane * MMA_KS + 8 * u) = ok ? vv[u] : make_uint4(0, 0, 0, 0);
+			}
+		}
+		__syncwarp();
+	};
+	// Under programmatic dependent launch the kernel before (QKV, which
+	// appends this token's K and V) may still run: the warp's first chunk is
+	// staged now except the token's own key, which comes after the wait.
+	const int first = k0 + warp * ATT_CHUNK;
+	if (first < k1) stage_chunk(first, -1);
+	pdl_wait();
+	if (first < k1 && ctx - 1 < first + ATT_CHUNK && ctx - 1 >= first) stage_chunk(first, ctx - 1);
 	// Q fragments: row r = query head kvh*G + r of token t (zero for r >= G)
 	uint32_t qa[4][4];
 	{
@@ -882,32 +917,10 @@ __global__ void __launch_bounds__(128) attn_mma_dec_kernel(const float *__restri
 #pragma unroll
 	for (int i = 0; i < 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
 	float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
-	const size_t plane = (size_t)tpb * nkv * D;
-	__nv_bfloat16 *ks = stage + warp * STAGE, *vs = stage + (DEC_WARPS + warp) * STAGE;
 	const uint32_t vs_base = (uint32_t)__cvta_generic_to_shared(vs);
-	for (int c0 = k0 + warp * ATT_CHUNK; c0 < k1; c0 += DEC_WARPS * ATT_CHUNK) {
+	for (int c0 = first; c0 < k1; c0 += DEC_WARPS * ATT_CHUNK) {
 		const int n = min(ATT_CHUNK, k1 - c0);
-		{
-			uint4 kk[8], vv[8];
-			const bool ok = lane < n;
-			if (ok) {
-				int key = c0 + lane;
-				const __nv_bfloat16 *kp =
-				    kv_layer + (size_t)bts[key / tpb - b0] * block_stride + (size_t)(key % tpb) * nkv * D + (size_t)kvh * D;
-#pragma unroll
-				for (int u = 0; u < 8; u++) {
-					kk[u] = ((const uint4 *)kp)[u];
-					vv[u] = ((const uint4 *)(kp + plane))[u];
-				}
-			}
-			__syncwarp();
-#pragma unroll
-			for (int u = 0; u < 8; u++) {
-				*(uint4 *)(ks + lane * MMA_KS + 8 * u) = ok ? kk[u] : make_uint4(0, 0, 0, 0);
-				*(uint4 *)(vs + lane * MMA_KS + 8 * u) = ok ? vv[u] : make_uint4(0, 0, 0, 0);
-			}
-			__syncwarp();
-		}
+		if (c0 != first) stage_chunk(c0, -1);
 		float sc[4][4];
 #pragma unroll
 		for (int nt = 0; nt < 4; nt++) {
@@ -1545,7 +1558,10 @@ struct dcu_model {
 	int fuse_max;
 	int pdl;      // programmatic dependent launch between them (DCU_NO_PDL=1 turns it off)
 	int gu_bf16;  // prefill Gate/Up GEMM writes bf16 (DCU_GU_F32=1: fp32)
-	int fg_b, fg_occ; // fused GEMV: chunks per lane and row per step (DCU_FG_B 2|4|8), blocks per SM (DCU_FG_OCC, 0: all that fit)
+	// fused GEMV: 16-byte chunks per lane and row per step for one-row units
+	// (O, Down, LM head: DCU_FG_B1) and two-row units (QKV, Gate/Up:
+	// DCU_FG_B2), 2|4|8; blocks per SM (DCU_FG_OCC, 0: all that fit)
+	int fg_b1, fg_b2, fg_occ;
 	std::vector<cudaEvent_t> prof_ev;
 	std::vector<int> prof_kind;
 };
@@ -1681,7 +1697,9 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 	m->use_gemv = !(getenv("DCU_NO_GEMV") && getenv("DCU_NO_GEMV")[0] == '1');
 	m->fill = env_int("DCU_FILL", 4, 1, 64);
 	m->pmax = env_int("DCU_PMAX", 512, 32, 512) / ATT_CHUNK * ATT_CHUNK;
-	m->dec_min = env_int("DCU_DEC_MIN", 8, 1, 1 << 30);
+	// the batch decode kernel from batch 1 on (measured faster than the tiled
+	// kernel at batch 1 once it is launched with PDL beside the fused GEMVs)
+	m->dec_min = env_int("DCU_DEC_MIN", 1, 1, 1 << 30);
 	// splits of at least 64 keys: measured faster at batch 1 (fewer partial results to combine)
 	m->pmin = env_int("DCU_PMIN", 64, ATT_CHUNK, 512) / ATT_CHUNK * ATT_CHUNK;
 	if (m->pmin > m->pmax) m->pmin = m->pmax;
@@ -1689,7 +1707,11 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 	m->fuse = m->use_gemv && !(getenv("DCU_NO_FUSE") && getenv("DCU_NO_FUSE")[0] == '1');
 	m->pdl = !(getenv("DCU_NO_PDL") && getenv("DCU_NO_PDL")[0] == '1');
 	m->gu_bf16 = !(getenv("DCU_GU_F32") && getenv("DCU_GU_F32")[0] == '1');
-	m->fg_b = env_int("DCU_FG_B", 4, 2, 8) >= 8 ? 8 : env_int("DCU_FG_B", 4, 2, 8) >= 4 ? 4 : 2;
+	{
+		int b1 = env_int("DCU_FG_B1", 8, 2, 8), b2 = env_int("DCU_FG_B2", 4, 2, 8);
+		m->fg_b1 = b1 >= 8 ? 8 : b1 >= 4 ? 4 : 2;
+		m->fg_b2 = b2 >= 8 ? 8 : b2 >= 4 ? 4 : 2;
+	}
 	m->fg_occ = env_int("DCU_FG_OCC", 0, 0, 16);
 	CK(cudaEventCreate(&m->ev0));
 	CK(cudaEventCreate(&m->ev1));
@@ -1926,7 +1948,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.out = (int)qkv_dim(c);
 			fa.in = H;
 			fa.kv_layer = kv_layer;
-			CK(fg_launch<FG_ROPE>(T, fa, m->sms, m->fg_b, m->fg_occ, pdl, s));
+			CK(fg_launch<FG_ROPE>(T, fa, m->sms, m->fg_b2, m->fg_occ, pdl, s));
 			MARK(2);
 		} else {
 			rmsnorm_kernel<<<T, 256, 0, s>>>(m->x, nullptr, L.attn_norm, m->xn, H, c.eps);
@@ -1945,9 +1967,18 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			                                                            c.tokens_per_block, P, nsplit, scale, m->pacc,
 			                                                            m->pm, m->pl);
 		} else if (m->use_dec && D == 64 && G <= 16 && m->mma_dec) {
-			attn_mma_dec_kernel<<<dim3(T, nkv, nsplit), 32 * DEC_WARPS, 0, s>>>(
-			    m->q, pos, btoff, tables, kv_layer, block_stride, nh, nkv, c.tokens_per_block, P, nsplit, scale, m->pacc,
-			    m->pm, m->pl);
+			cudaLaunchConfig_t ac = {};
+			ac.gridDim = dim3(T, nkv, nsplit);
+			ac.blockDim = dim3(32 * DEC_WARPS);
+			ac.stream = s;
+			cudaLaunchAttribute at[1];
+			at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+			at[0].val.programmaticStreamSerializationAllowed = 1;
+			ac.attrs = at;
+			ac.numAttrs = fused && pdl ? 1 : 0;
+			CK(cudaLaunchKernelEx(&ac, attn_mma_dec_kernel, (const float *)m->q, pos, btoff, tables,
+			                      (const __nv_bfloat16 *)kv_layer, block_stride, nh, nkv, c.tokens_per_block, P, nsplit,
+			                      scale, m->pacc, m->pm, m->pl));
 		} else if (m->use_dec) {
 			decode_kernel(D, G)<<<dim3(T, nkv, nsplit), 32 * DEC_WARPS, decode_smem(D), s>>>(
 			    m->q, pos, btoff, tables, kv_layer, block_stride, nh, nkv, c.tokens_per_block, P, nsplit, scale, m->pacc,
@@ -1985,7 +2016,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.out = H;
 			fa.in = nh * D;
 			fa.Y = m->x;
-			CK(fg_launch<FG_RESID>(T, fa, m->sms, m->fg_b, m->fg_occ, pdl, s));
+			CK(fg_launch<FG_RESID>(T, fa, m->sms, m->fg_b1, m->fg_occ, pdl, s));
 			MARK(6);
 			fa.W = L.gate_up;
 			fa.norm = L.mlp_norm;
@@ -1993,7 +2024,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.out = 2 * I;
 			fa.in = H;
 			fa.act = m->act;
-			CK(fg_launch<FG_SILU>(T, fa, m->sms, m->fg_b, m->fg_occ, pdl, s));
+			CK(fg_launch<FG_SILU>(T, fa, m->sms, m->fg_b2, m->fg_occ, pdl, s));
 			MARK(7);
 			fa.W = L.down;
 			fa.norm = nullptr;
@@ -2001,7 +2032,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.out = H;
 			fa.in = I;
 			fa.Y = m->x;
-			CK(fg_launch<FG_RESID>(T, fa, m->sms, m->fg_b, m->fg_occ, pdl, s));
+			CK(fg_launch<FG_RESID>(T, fa, m->sms, m->fg_b1, m->fg_occ, pdl, s));
 			MARK(9);
 			continue;
 		}
@@ -2037,7 +2068,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 		fa.out = V;
 		fa.in = H;
 		fa.Y = m->logits;
-		CK(fg_launch<FG_STORE>(R, fa, m->sms, m->fg_b, m->fg_occ, pdl, s));
+		CK(fg_launch<FG_STORE>(R, fa, m->sms, m->fg_b1, m->fg_occ, pdl, s));
 		MARK(10);
 	} else if (R > 0) {
 		rmsnorm_kernel<<<R, 256, 0, s>>>(m->x, rows, m->norm, m->xn, H, c.eps);

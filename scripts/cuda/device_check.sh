@@ -89,10 +89,10 @@ if has transfer; then
 fi
 if has ncu-gemv; then
   echo "== ncu: the fused GEMVs of layer 0 of a one-token step (TestShapeModel)"
-  DCU_REF=$SHAPE timeout 200 ncu --kernel-name regex:fgemv --launch-count 4 \
+  DCU_REF=$SHAPE timeout 200 ncu --kernel-name regex:"${NCU_KERNELS:-fgemv}" --launch-count ${NCU_COUNT:-4} \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
     "$T" -test.count=1 -test.run 'TestShapeModel' > "$OUT/ncu-gemv.txt" 2>&1
-  grep -E 'fgemv|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Grid Size|Stall|Warp Cycles Per Issued|Mem Busy|Max Bandwidth' "$OUT/ncu-gemv.txt" | head -80
+  grep -E "fgemv|attn|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Grid Size|Stall|Warp Cycles Per Issued|Mem Busy|Max Bandwidth" "$OUT/ncu-gemv.txt" | head -80
 fi
 if has memcheck; then
   echo "== compute-sanitizer memcheck"
