@@ -103,7 +103,8 @@ type Pool struct {
 	n      int
 
 	mu    sync.Mutex
-	free  []int32 // stack of free block ids
+	free  []int32 // stack of free block ids; may hold stale ids (taken as part of a run), skipped on pop
+	nfree int     // exact count of free blocks
 	inUse []bool
 }
 
@@ -119,7 +120,7 @@ func NewPool(layout Layout, numBlocks int, mem Memory) (*Pool, error) {
 	if need := numBlocks * layout.BlockBytes(); mem.Size() < need {
 		return nil, fmt.Errorf("kvcache: memory of %d bytes is smaller than %d blocks of %d bytes", mem.Size(), numBlocks, layout.BlockBytes())
 	}
-	p := &Pool{layout: layout, mem: mem, n: numBlocks, free: make([]int32, numBlocks), inUse: make([]bool, numBlocks)}
+	p := &Pool{layout: layout, mem: mem, n: numBlocks, free: make([]int32, numBlocks), nfree: numBlocks, inUse: make([]bool, numBlocks)}
 	// Pop order gives ascending ids, so fresh allocations are adjacent.
 	for i := range p.free {
 		p.free[i] = int32(numBlocks - 1 - i)
@@ -157,29 +158,61 @@ func (p *Pool) NumBlocks() int { return p.n }
 func (p *Pool) FreeBlocks() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return len(p.free)
+	return p.nfree
 }
 
-// Alloc takes n blocks, or none and ErrNoBlocks. The ids come back in
-// ascending order where the free list allows, so runs coalesce.
+// Alloc takes n blocks, or none and ErrNoBlocks. Several blocks come as
+// the lowest run of n adjacent free ids when there is one (first fit), so
+// that a request's KV moves as one transfer descriptor; otherwise as free
+// ids in ascending order.
 func (p *Pool) Alloc(n int) ([]int32, error) {
 	if n < 0 {
 		return nil, fmt.Errorf("kvcache: alloc of %d blocks", n)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if n > len(p.free) {
-		return nil, fmt.Errorf("%w: want %d, %d free of %d", ErrNoBlocks, n, len(p.free), p.n)
+	if n > p.nfree {
+		return nil, fmt.Errorf("%w: want %d, %d free of %d", ErrNoBlocks, n, p.nfree, p.n)
 	}
 	out := make([]int32, n)
-	for i := 0; i < n; i++ {
+	if n > 1 {
+		if start := p.firstRunLocked(n); start >= 0 {
+			for i := range out {
+				out[i] = int32(start + i)
+				p.inUse[start+i] = true
+			}
+			p.nfree -= n
+			return out, nil
+		}
+	}
+	for i := 0; i < n; {
 		b := p.free[len(p.free)-1]
 		p.free = p.free[:len(p.free)-1]
+		if p.inUse[b] {
+			continue // stale: taken as part of a run
+		}
 		p.inUse[b] = true
 		out[i] = b
+		i++
 	}
+	p.nfree -= n
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 	return out, nil
+}
+
+// firstRunLocked returns the lowest start of n adjacent free blocks, or -1.
+func (p *Pool) firstRunLocked(n int) int {
+	run := 0
+	for i, used := range p.inUse {
+		if used {
+			run = 0
+			continue
+		}
+		if run++; run == n {
+			return i - n + 1
+		}
+	}
+	return -1
 }
 
 // Free returns blocks to the pool. Freeing a block that is not in use is a
@@ -193,6 +226,16 @@ func (p *Pool) Free(blocks []int32) {
 		}
 		p.inUse[b] = false
 		p.free = append(p.free, b)
+		p.nfree++
+	}
+	if len(p.free) > 2*p.n {
+		// too many stale ids: rebuild, descending so that pops ascend
+		p.free = p.free[:0]
+		for b := p.n - 1; b >= 0; b-- {
+			if !p.inUse[b] {
+				p.free = append(p.free, int32(b))
+			}
+		}
 	}
 }
 

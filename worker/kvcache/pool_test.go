@@ -121,3 +121,85 @@ func TestNewPoolErrors(t *testing.T) {
 		t.Error("pool larger than its memory accepted")
 	}
 }
+
+// After random churn, every multi-block Alloc returns the lowest run of
+// adjacent free ids whenever one exists (checked against a scan of a shadow
+// copy of the pool's state kept by the test), so a request's KV transfers as
+// one descriptor; single blocks and fragmented pools still get distinct free
+// ids, and the free count stays exact.
+func TestPoolAllocRuns(t *testing.T) {
+	const n = 97
+	p, err := NewHostPool(tinyLayout(), n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	used := make([]bool, n) // the test's own record
+	lowestRun := func(k int) int {
+		run := 0
+		for i := 0; i < n; i++ {
+			if used[i] {
+				run = 0
+				continue
+			}
+			if run++; run == k {
+				return i - k + 1
+			}
+		}
+		return -1
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	var held [][]int32
+	runs, frees := 0, 0
+	for step := 0; step < 5000; step++ {
+		if len(held) > 0 && rng.IntN(2) == 0 {
+			i := rng.IntN(len(held))
+			for _, b := range held[i] {
+				used[b] = false
+			}
+			p.Free(held[i])
+			held = append(held[:i], held[i+1:]...)
+			frees++
+			continue
+		}
+		k := 1 + rng.IntN(9)
+		want := lowestRun(k)
+		nfree := 0
+		for _, u := range used {
+			if !u {
+				nfree++
+			}
+		}
+		got, err := p.Alloc(k)
+		if k > nfree {
+			if !errors.Is(err, ErrNoBlocks) {
+				t.Fatalf("step %d: Alloc(%d) with %d free: err %v, want ErrNoBlocks", step, k, nfree, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("step %d: Alloc(%d) with %d free: %v", step, k, nfree, err)
+		}
+		if k > 1 && want >= 0 {
+			runs++
+			for j, b := range got {
+				if int(b) != want+j {
+					t.Fatalf("step %d: Alloc(%d) = %v, want the run starting at %d", step, k, got, want)
+				}
+			}
+		}
+		for _, b := range got {
+			if used[b] {
+				t.Fatalf("step %d: Alloc(%d) returned block %d, which is in use", step, k, b)
+			}
+			used[b] = true
+		}
+		held = append(held, got)
+		if p.FreeBlocks() != nfree-k {
+			t.Fatalf("step %d: FreeBlocks %d, want %d", step, p.FreeBlocks(), nfree-k)
+		}
+	}
+	if runs < 100 || frees < 100 {
+		t.Fatalf("the churn exercised too little: %d run allocations, %d frees", runs, frees)
+	}
+}
