@@ -40,6 +40,10 @@ launch: build native ## the deployment of configs/ on this node: one worker per 
 client: ## send scripts/prompts.json through the proxy of configs/disagg_config.yaml
 	$(PYTHON) scripts/disagg_client.py -c configs/disagg_config.yaml -p scripts/prompts.json
 
+.PHONY: bench-serve
+bench-serve: ## serving benchmark of the proxy of configs/disagg_config.yaml (the `make run` cluster): 64 streaming requests, 128 in, 64 out, 16 req/s, concurrency 16; more flags in BENCH_ARGS
+	$(PYTHON) scripts/bench_serve.py -c configs/disagg_config.yaml --num-prompts 64 --input-len 128 --output-len 64 --request-rate 16 --max-concurrency 16 $(BENCH_ARGS)
+
 .PHONY: setup
 setup: venv native ## install everything the tests need (apt packages, project virtualenv)
 

@@ -17,7 +17,7 @@ for d in $(python3 -c 'import site; print(" ".join(p + "/nvidia/cu13/lib" for p 
 done
 [ -n "${LIBD:-}" ] || LIBD=$(dirname "$(find / -xdev -name 'libcublas.so.13' 2>/dev/null | head -1)")
 export LD_LIBRARY_PATH="$LIBD${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-echo "libcublas from $LIBD: $(ls "$LIBD"/libcublas.so.13.* 2>/dev/null | xargs -n1 basename)"
+echo "libcublas from $LIBD: $(cd "$LIBD" && ls libcublas.so.13* 2>/dev/null | tr '\n' ' ')"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 T=$ROOT/cuda/build/cuda.test
 SHAPE=${SHAPE_DIR:-/tmp/shape}

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine: bin/worker-cuda (make cuda) serving the embedded
 # model from the GPU, aggregated and disaggregated (context + generation
-# worker on the one GPU, KV over UCX, the proxy in front), answering the
-# greedy.json prompts; writes answers and logs to $OUT.
+# worker, KV over UCX, the proxy in front), answering the greedy.json
+# prompts; writes answers and logs to $OUT.
+#   CTX_GPU, GEN_GPU: the GPUs of the context and generation workers
+#   (default 0 and 0: one GPU; CTX_GPU=0 GEN_GPU=1 on a two-GPU machine);
+#   the aggregated worker runs on CTX_GPU.
 #   UCX_LIB_DIR: a CUDA-enabled UCX (libucp*.so + ucx/ modules), e.g. the
 #   one inside the nixl-cu13 wheel; the system UCX may lack CUDA memory.
 set -uo pipefail
@@ -17,19 +20,21 @@ if [ -n "${UCX_LIB_DIR:-}" ]; then
   export UCX_MODULE_DIR=$UCX_LIB_DIR/ucx
   export LD_LIBRARY_PATH="$UCX_LIB_DIR:$LD_LIBRARY_PATH"
 fi
-export WORKER_CLUSTER_SECRET=serve-check NCCL_NVLS_ENABLE=0
+# NVLink multicast off in every process (as scripts/launch.sh does)
+export WORKER_CLUSTER_SECRET=serve-check NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+CTX_GPU=${CTX_GPU:-0} GEN_GPU=${GEN_GPU:-0}
 "$BIN" probe > "$OUT/probe.json" 2>&1
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait' EXIT
-start() { local name=$1; shift; "$BIN" "$@" > "$OUT/$name.log" 2>&1 & pids+=($!); }
+start() { local name=$1 gpu=$2; shift 2; CUDA_VISIBLE_DEVICES=$gpu "$BIN" "$@" > "$OUT/$name.log" 2>&1 & pids+=($!); }
 ready() { for _ in $(seq 1 300); do curl -fsS "$1/health" >/dev/null 2>&1 && return 0; sleep 0.2; done; echo "not ready: $1"; return 1; }
 # Three workers share the one GPU here: each gets a bounded pool.
 for r in ctx gen; do
   sed 's/^kv_cache_config:/kv_cache_config:\n  max_tokens: 262144/' configs/${r}_config.yaml > "$OUT/${r}_config.yaml"
 done
-start agg --compute-backend cuda --config "$OUT/ctx_config.yaml" --role "" --host 127.0.0.1 --port 8100
-start ctx --role context --compute-backend cuda --config "$OUT/ctx_config.yaml" --host 127.0.0.1 --port 8101
-start gen --role generation --compute-backend cuda --config "$OUT/gen_config.yaml" --host 127.0.0.1 --port 8102
+start agg "$CTX_GPU" --compute-backend cuda --config "$OUT/ctx_config.yaml" --role "" --host 127.0.0.1 --port 8100
+start ctx "$CTX_GPU" --role context --compute-backend cuda --config "$OUT/ctx_config.yaml" --host 127.0.0.1 --port 8101
+start gen "$GEN_GPU" --role generation --compute-backend cuda --config "$OUT/gen_config.yaml" --host 127.0.0.1 --port 8102
 for p in 8100 8101 8102; do ready http://127.0.0.1:$p; done
 cat > "$OUT/disagg.yaml" <<YAML
 hostname: 127.0.0.1
@@ -37,7 +42,7 @@ port: 8103
 context_servers: {num_instances: 1, urls: ["127.0.0.1:8101"]}
 generation_servers: {num_instances: 1, urls: ["127.0.0.1:8102"]}
 YAML
-start proxy disaggregated -c "$OUT/disagg.yaml"
+start proxy "" disaggregated -c "$OUT/disagg.yaml"
 ready http://127.0.0.1:8103
 python3 - "$OUT" <<'PY'
 import json, sys, urllib.request

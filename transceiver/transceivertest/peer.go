@@ -28,6 +28,11 @@ import (
 
 const envPeer = "DISAGG_TRANSCEIVER_PEER"
 
+// EnvPeerGPU, set to a device ordinal, runs the peer process of the GPU
+// tests on that GPU alone (CUDA_VISIBLE_DEVICES) while this process uses
+// device 0: transfers between two GPUs, beside a peer-to-peer copy.
+const EnvPeerGPU = "DISAGG_TEST_PEER_GPU"
+
 // peerSpec is what the child needs to build its side, passed as JSON in
 // DISAGG_UCX_PEER.
 type peerSpec struct {
@@ -324,6 +329,10 @@ func startChild(t *testing.T, spec peerSpec) *child {
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), envPeer+"="+string(js))
+	if g := os.Getenv(EnvPeerGPU); g != "" {
+		// the peer on its own GPU (two-GPU runs): it sees only that one
+		cmd.Env = append(cmd.Env, "CUDA_VISIBLE_DEVICES="+g)
+	}
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -514,7 +516,11 @@ func (s Suite) DeviceTransfers(t *testing.T) {
 	size := n * layout.BlockBytes()
 	bytesPer := float64(size)
 	copyGBs := deviceCopyGBs(t, size)
-	t.Logf("device copy of %.1f MB: %.1f GB/s (the reference)", bytesPer/1e6, copyGBs)
+	if g := os.Getenv(EnvPeerGPU); g != "" {
+		t.Logf("peer-to-peer copy GPU 0 -> GPU %s of %.1f MB: %.1f GB/s (the reference; the peer process runs on GPU %s)", g, bytesPer/1e6, copyGBs, g)
+	} else {
+		t.Logf("device copy of %.1f MB: %.1f GB/s (the reference)", bytesPer/1e6, copyGBs)
+	}
 	report := func(what string, el time.Duration) {
 		gbs := bytesPer / el.Seconds() / 1e9
 		t.Logf("%s of %.1f MB: %v per transfer, %.1f GB/s, %.0f%% of the device copy", what, bytesPer/1e6, el, gbs, 100*gbs/copyGBs)
@@ -573,6 +579,8 @@ func (s Suite) DeviceTransfers(t *testing.T) {
 }
 
 // deviceCopyGBs measures a device-to-device copy of size bytes.
+// With EnvPeerGPU set, the copy goes from device 0 to that device, peer to
+// peer (the reference for transfers between two GPUs).
 func deviceCopyGBs(t *testing.T, size int) float64 {
 	t.Helper()
 	a, err := cudamem.Alloc(size)
@@ -580,7 +588,19 @@ func deviceCopyGBs(t *testing.T, size int) float64 {
 		t.Fatal(err)
 	}
 	defer func() { _ = a.Close() }()
-	b, err := cudamem.Alloc(size)
+	var b *cudamem.Memory
+	if g := os.Getenv(EnvPeerGPU); g != "" {
+		dev, perr := strconv.Atoi(g)
+		if perr != nil {
+			t.Fatalf("%s=%q: want a device ordinal", EnvPeerGPU, g)
+		}
+		if err := cudamem.EnablePeer(dev); err != nil {
+			t.Logf("no peer access to device %d (%v): the copy may stage through the host", dev, err)
+		}
+		b, err = cudamem.AllocOn(dev, size)
+	} else {
+		b, err = cudamem.Alloc(size)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,8 @@ typedef const char *(*errstr_fn)(int e);
 typedef int (*hostalloc_fn)(void **p, size_t n, unsigned flags);
 typedef int (*freehost_fn)(void *p);
 typedef int (*sync_fn)(void);
+typedef int (*setdev_fn)(int dev);
+typedef int (*peer_fn)(int peer, unsigned flags);
 
 static struct {
 	void *lib;
@@ -34,6 +36,8 @@ static struct {
 	hostalloc_fn hostalloc;
 	freehost_fn freehost;
 	sync_fn sync;
+	setdev_fn setdev; // optional: two-GPU tests
+	peer_fn peer;     // optional: two-GPU tests
 } cu;
 
 static int cu_load(char *err, size_t errlen) {
@@ -50,6 +54,8 @@ static int cu_load(char *err, size_t errlen) {
 	*(void **)&cu.hostalloc = dlsym(lib, "cudaHostAlloc");
 	*(void **)&cu.freehost = dlsym(lib, "cudaFreeHost");
 	*(void **)&cu.sync = dlsym(lib, "cudaDeviceSynchronize");
+	*(void **)&cu.setdev = dlsym(lib, "cudaSetDevice");
+	*(void **)&cu.peer = dlsym(lib, "cudaDeviceEnablePeerAccess");
 	if (!cu.cmalloc || !cu.cfree || !cu.cmemcpy || !cu.count || !cu.errstr || !cu.hostalloc || !cu.freehost || !cu.sync) {
 		snprintf(err, errlen, "libcudart lacks an entry point");
 		dlclose(lib);
@@ -66,6 +72,19 @@ static const char *cu_errstr(int e) { return cu.errstr(e); }
 static int cu_hostalloc(void **p, size_t n) { return cu.hostalloc(p, n, 0); }
 static int cu_freehost(void *p) { return cu.freehost(p); }
 static int cu_sync(void) { return cu.sync(); }
+static int cu_malloc_on(int dev, void **p, size_t n) {
+	if (!cu.setdev) return 1; // cudaErrorInvalidValue
+	int e = cu.setdev(dev);
+	if (e == 0) e = cu.cmalloc(p, n);
+	cu.setdev(0);
+	return e;
+}
+static int cu_enable_peer(int dev) {
+	if (!cu.setdev || !cu.peer) return 1;
+	int e = cu.setdev(0);
+	if (e == 0) e = cu.peer(dev, 0);
+	return e == 704 ? 0 : e; // cudaErrorPeerAccessAlreadyEnabled
+}
 */
 import "C"
 
@@ -125,6 +144,37 @@ func Alloc(size int) (*Memory, error) {
 		return nil, err
 	}
 	return &Memory{ptr: p, size: size}, nil
+}
+
+// AllocOn allocates size bytes on device dev (an ordinal of
+// CUDA_VISIBLE_DEVICES) and makes device 0 current again: for tests that
+// measure a copy between two GPUs of one process.
+func AllocOn(dev, size int) (*Memory, error) {
+	if err := Available(); err != nil {
+		return nil, err
+	}
+	if size <= 0 {
+		return nil, errors.New("cudamem: size must be positive")
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var p unsafe.Pointer
+	if err := check(C.cu_malloc_on(C.int(dev), &p, C.size_t(size)), fmt.Sprintf("cudaMalloc on device %d", dev)); err != nil {
+		return nil, err
+	}
+	return &Memory{ptr: p, size: size}, nil
+}
+
+// EnablePeer lets device 0 reach device dev's memory directly (NVLink or
+// PCIe peer to peer), so that Copy between them does not stage through
+// the host.
+func EnablePeer(dev int) error {
+	if err := Available(); err != nil {
+		return err
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	return check(C.cu_enable_peer(C.int(dev)), fmt.Sprintf("cudaDeviceEnablePeerAccess to device %d", dev))
 }
 
 // Ptr is the device address.

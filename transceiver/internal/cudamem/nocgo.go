@@ -18,6 +18,12 @@ type Memory struct{}
 // Alloc always fails without cgo.
 func Alloc(size int) (*Memory, error) { return nil, errNoCgo }
 
+// AllocOn always fails without cgo.
+func AllocOn(dev, size int) (*Memory, error) { return nil, errNoCgo }
+
+// EnablePeer always fails without cgo.
+func EnablePeer(dev int) error { return errNoCgo }
+
 // Ptr is nil.
 func (m *Memory) Ptr() unsafe.Pointer { return nil }
 
