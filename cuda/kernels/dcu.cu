@@ -1351,24 +1351,31 @@ __device__ __forceinline__ void fg_norm(const FgArgs &a, __nv_bfloat16 *xs) {
 // sequence of steps, FG_B 16-byte chunks per lane of each of its unit's two
 // rows; the loads of step k+1 are in flight while step k is summed, so the
 // weight stream never drains between units.
-template <int NT, int MODE, int FG_B>
+// KS = 2 splits each unit's inputs between two warps of the block (warps w
+// and w+4), which combine through shared memory under a barrier of their
+// own: twice the warps on a short matrix.
+template <int NT, int MODE, int FG_B, int KS>
 __global__ void __launch_bounds__(256, 2) fgemv_kernel(FgArgs a, int units) {
 	extern __shared__ __align__(16) unsigned char fg_smem[];
 	__nv_bfloat16 *xs = (__nv_bfloat16 *)fg_smem; // [NT][in]
 	constexpr bool TWO = MODE == FG_SILU || MODE == FG_ROPE; // two rows per unit
+	constexpr int PW = 8 / KS; // units in flight per block
+	__shared__ float kpart[PW][2][4];
 	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	const int pw = warp % PW, half = warp / PW;
 	const int n8 = a.in / 8;
-	const int nb = (n8 + 32 * FG_B - 1) / (32 * FG_B); // steps per unit
-	const int stride = gridDim.x * 8;
-	int u = blockIdx.x * 8 + warp, b = 0;
+	const int per = (n8 + KS - 1) / KS, k0 = half * per, k1 = min(n8, k0 + per); // this warp's chunks
+	const int nb = (per + 32 * FG_B - 1) / (32 * FG_B); // steps per unit
+	const int stride = gridDim.x * PW;
+	int u = blockIdx.x * PW + pw, b = 0;
 	int r0 = -1, r1 = -1;
 	if (u < units) fg_rows<MODE>(a, u, r0, r1);
 	uint4 c0[FG_B], c1[FG_B];
 	// step 0 before waiting on the kernel before (weights only)
 #pragma unroll
 	for (int j = 0; j < FG_B; j++) {
-		const int i = lane + 32 * j;
-		if (u < units && i < n8) {
+		const int i = k0 + lane + 32 * j;
+		if (u < units && i < k1) {
 			c0[j] = ld_stream((const uint4 *)(a.W + (size_t)r0 * a.in) + i);
 			if (TWO) c1[j] = ld_stream((const uint4 *)(a.W + (size_t)r1 * a.in) + i);
 		}
@@ -1398,8 +1405,8 @@ __global__ void __launch_bounds__(256, 2) fgemv_kernel(FgArgs a, int units) {
 			const uint4 *w1 = (const uint4 *)(a.W + (size_t)(TWO ? n1 : n0) * a.in);
 #pragma unroll
 			for (int j = 0; j < FG_B; j++) {
-				const int i = nbb * 32 * FG_B + lane + 32 * j;
-				if (i < n8) {
+				const int i = k0 + nbb * 32 * FG_B + lane + 32 * j;
+				if (i < k1) {
 					x0[j] = ld_stream(w0 + i);
 					if (TWO) x1[j] = ld_stream(w1 + i);
 				}
@@ -1407,8 +1414,8 @@ __global__ void __launch_bounds__(256, 2) fgemv_kernel(FgArgs a, int units) {
 		}
 #pragma unroll
 		for (int j = 0; j < FG_B; j++) {
-			const int i = b * 32 * FG_B + lane + 32 * j;
-			if (i < n8) {
+			const int i = k0 + b * 32 * FG_B + lane + 32 * j;
+			if (i < k1) {
 				fg_dot(acc0, c0[j], xs, a.in, i, NT);
 				if (TWO) fg_dot(acc1, c1[j], xs, a.in, i, NT);
 			}
@@ -1419,7 +1426,27 @@ __global__ void __launch_bounds__(256, 2) fgemv_kernel(FgArgs a, int units) {
 				acc0[t] = warp_sum(acc0[t]);
 				if (TWO) acc1[t] = warp_sum(acc1[t]);
 			}
-			if (lane < NT) {
+			if (KS == 2) {
+				// the second half hands its sums to the first (named barrier
+				// 1+pw for the two warps; both run the same units)
+				if (half == 1 && lane == 0) {
+#pragma unroll
+					for (int t = 0; t < NT; t++) {
+						kpart[pw][0][t] = acc0[t];
+						kpart[pw][1][t] = acc1[t];
+					}
+				}
+				asm volatile("bar.sync %0, 64;" ::"r"(1 + pw) : "memory");
+				if (half == 0) {
+#pragma unroll
+					for (int t = 0; t < NT; t++) {
+						acc0[t] += kpart[pw][0][t];
+						acc1[t] += kpart[pw][1][t];
+					}
+				}
+				asm volatile("bar.sync %0, 64;" ::"r"(1 + pw) : "memory");
+			}
+			if (lane < NT && half == 0) {
 				const int t = lane;
 				float x1v = acc0[0], x2v = acc1[0];
 #pragma unroll
@@ -1445,7 +1472,7 @@ __global__ void __launch_bounds__(256, 2) fgemv_kernel(FgArgs a, int units) {
 	}
 }
 
-template <int NT, int MODE, int B>
+template <int NT, int MODE, int B, int KS>
 static cudaError_t fg_launch1(const FgArgs &a, int sms, int occ, int pdl, cudaStream_t s) {
 	const int units = (MODE == FG_STORE || MODE == FG_RESID) ? a.out : a.out / 2;
 	cudaLaunchConfig_t cfg = {};
@@ -1455,14 +1482,15 @@ static cudaError_t fg_launch1(const FgArgs &a, int sms, int occ, int pdl, cudaSt
 		static int cached[2] = {0, -1};
 		if (cached[1] != (int)cfg.dynamicSmemBytes) {
 			int n = 0;
-			cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, fgemv_kernel<NT, MODE, B>, 256, cfg.dynamicSmemBytes);
+			cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, fgemv_kernel<NT, MODE, B, KS>, 256, cfg.dynamicSmemBytes);
 			if (e != cudaSuccess) return e;
 			cached[0] = n < 1 ? 1 : n;
 			cached[1] = (int)cfg.dynamicSmemBytes;
 		}
 		occ = cached[0];
 	}
-	int blocks = (units + 7) / 8;
+	constexpr int PW = 8 / KS;
+	int blocks = (units + PW - 1) / PW;
 	if (blocks > occ * sms) blocks = occ * sms;
 	cfg.gridDim = dim3((unsigned)blocks);
 	cfg.blockDim = dim3(256);
@@ -1472,40 +1500,52 @@ static cudaError_t fg_launch1(const FgArgs &a, int sms, int occ, int pdl, cudaSt
 	at[0].val.programmaticStreamSerializationAllowed = 1;
 	cfg.attrs = at;
 	cfg.numAttrs = pdl ? 1 : 0;
-	return cudaLaunchKernelEx(&cfg, fgemv_kernel<NT, MODE, B>, a, units);
+	return cudaLaunchKernelEx(&cfg, fgemv_kernel<NT, MODE, B, KS>, a, units);
 }
 
-template <int MODE, int B>
+template <int MODE, int B, int KS>
 static cudaError_t fg_launch2(int nt, const FgArgs &a, int sms, int occ, int pdl, cudaStream_t s) {
 	switch (nt) {
-	case 1: return fg_launch1<1, MODE, B>(a, sms, occ, pdl, s);
-	case 2: return fg_launch1<2, MODE, B>(a, sms, occ, pdl, s);
-	case 3: return fg_launch1<3, MODE, B>(a, sms, occ, pdl, s);
-	default: return fg_launch1<4, MODE, B>(a, sms, occ, pdl, s);
+	case 1: return fg_launch1<1, MODE, B, KS>(a, sms, occ, pdl, s);
+	case 2: return fg_launch1<2, MODE, B, KS>(a, sms, occ, pdl, s);
+	case 3: return fg_launch1<3, MODE, B, KS>(a, sms, occ, pdl, s);
+	default: return fg_launch1<4, MODE, B, KS>(a, sms, occ, pdl, s);
 	}
 }
 
-// b: chunks per lane and row per step (2, 4 or 8); occ: blocks per SM (0: as many as fit)
+// b: chunks per lane and row per step (2, 4 or 8); occ: blocks per SM (0:
+// as many as fit); ks: warps per unit (1 or 2)
 template <int MODE>
-static cudaError_t fg_launch(int nt, const FgArgs &a, int sms, int b, int occ, int pdl, cudaStream_t s) {
-	if (b == 2) return fg_launch2<MODE, 2>(nt, a, sms, occ, pdl, s);
-	if (b == 4) return fg_launch2<MODE, 4>(nt, a, sms, occ, pdl, s);
-	return fg_launch2<MODE, 8>(nt, a, sms, occ, pdl, s);
+static cudaError_t fg_launch(int nt, const FgArgs &a, int sms, int b, int occ, int pdl, cudaStream_t s, int ks = 1) {
+	if (ks == 2) {
+		if (b == 2) return fg_launch2<MODE, 2, 2>(nt, a, sms, occ, pdl, s);
+		if (b == 4) return fg_launch2<MODE, 4, 2>(nt, a, sms, occ, pdl, s);
+		return fg_launch2<MODE, 8, 2>(nt, a, sms, occ, pdl, s);
+	}
+	if (b == 2) return fg_launch2<MODE, 2, 1>(nt, a, sms, occ, pdl, s);
+	if (b == 4) return fg_launch2<MODE, 4, 1>(nt, a, sms, occ, pdl, s);
+	return fg_launch2<MODE, 8, 1>(nt, a, sms, occ, pdl, s);
 }
 
 // Largest dynamic shared memory any fused GEMV of the model asks for.
-template <int MODE>
-static cudaError_t fg_allow_smem(int bytes) {
+template <int MODE, int KS>
+static cudaError_t fg_allow_smem_ks(int bytes) {
 	cudaError_t e = cudaSuccess;
-	const void *fs[] = {(const void *)fgemv_kernel<1, MODE, 4>, (const void *)fgemv_kernel<2, MODE, 4>,
-	                    (const void *)fgemv_kernel<3, MODE, 4>, (const void *)fgemv_kernel<4, MODE, 4>,
-	                    (const void *)fgemv_kernel<1, MODE, 8>, (const void *)fgemv_kernel<2, MODE, 8>,
-	                    (const void *)fgemv_kernel<3, MODE, 8>, (const void *)fgemv_kernel<4, MODE, 8>,
-	                    (const void *)fgemv_kernel<1, MODE, 2>, (const void *)fgemv_kernel<2, MODE, 2>,
-	                    (const void *)fgemv_kernel<3, MODE, 2>, (const void *)fgemv_kernel<4, MODE, 2>};
+	const void *fs[] = {(const void *)fgemv_kernel<1, MODE, 4, KS>, (const void *)fgemv_kernel<2, MODE, 4, KS>,
+	                    (const void *)fgemv_kernel<3, MODE, 4, KS>, (const void *)fgemv_kernel<4, MODE, 4, KS>,
+	                    (const void *)fgemv_kernel<1, MODE, 8, KS>, (const void *)fgemv_kernel<2, MODE, 8, KS>,
+	                    (const void *)fgemv_kernel<3, MODE, 8, KS>, (const void *)fgemv_kernel<4, MODE, 8, KS>,
+	                    (const void *)fgemv_kernel<1, MODE, 2, KS>, (const void *)fgemv_kernel<2, MODE, 2, KS>,
+	                    (const void *)fgemv_kernel<3, MODE, 2, KS>, (const void *)fgemv_kernel<4, MODE, 2, KS>};
 	for (const void *f : fs)
 		if (e == cudaSuccess) e = cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
 	return e;
+}
+
+template <int MODE>
+static cudaError_t fg_allow_smem(int bytes) {
+	cudaError_t e = fg_allow_smem_ks<MODE, 1>(bytes);
+	return e == cudaSuccess ? fg_allow_smem_ks<MODE, 2>(bytes) : e;
 }
 
 // ---------------------------------------------------------------------------
@@ -1562,6 +1602,7 @@ struct dcu_model {
 	// (O, Down, LM head: DCU_FG_B1) and two-row units (QKV, Gate/Up:
 	// DCU_FG_B2), 2|4|8; blocks per SM (DCU_FG_OCC, 0: all that fit)
 	int fg_b1, fg_b2, fg_occ;
+	int fg_split; // bit 1: QKV, bit 2: Gate/Up, bit 4: O and Down: two warps per unit (DCU_FG_SPLIT)
 	std::vector<cudaEvent_t> prof_ev;
 	std::vector<int> prof_kind;
 };
@@ -1712,6 +1753,7 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 		m->fg_b1 = b1 >= 8 ? 8 : b1 >= 4 ? 4 : 2;
 		m->fg_b2 = b2 >= 8 ? 8 : b2 >= 4 ? 4 : 2;
 	}
+	m->fg_split = env_int("DCU_FG_SPLIT", 0, 0, 7);
 	m->fg_occ = env_int("DCU_FG_OCC", 0, 0, 16);
 	CK(cudaEventCreate(&m->ev0));
 	CK(cudaEventCreate(&m->ev1));
@@ -1948,7 +1990,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.out = (int)qkv_dim(c);
 			fa.in = H;
 			fa.kv_layer = kv_layer;
-			CK(fg_launch<FG_ROPE>(T, fa, m->sms, m->fg_b2, m->fg_occ, pdl, s));
+			CK(fg_launch<FG_ROPE>(T, fa, m->sms, m->fg_b2, m->fg_occ, pdl, s, m->fg_split & 1 ? 2 : 1));
 			MARK(2);
 		} else {
 			rmsnorm_kernel<<<T, 256, 0, s>>>(m->x, nullptr, L.attn_norm, m->xn, H, c.eps);
@@ -2016,7 +2058,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.out = H;
 			fa.in = nh * D;
 			fa.Y = m->x;
-			CK(fg_launch<FG_RESID>(T, fa, m->sms, m->fg_b1, m->fg_occ, pdl, s));
+			CK(fg_launch<FG_RESID>(T, fa, m->sms, m->fg_b1, m->fg_occ, pdl, s, m->fg_split & 4 ? 2 : 1));
 			MARK(6);
 			fa.W = L.gate_up;
 			fa.norm = L.mlp_norm;
@@ -2024,7 +2066,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.out = 2 * I;
 			fa.in = H;
 			fa.act = m->act;
-			CK(fg_launch<FG_SILU>(T, fa, m->sms, m->fg_b2, m->fg_occ, pdl, s));
+			CK(fg_launch<FG_SILU>(T, fa, m->sms, m->fg_b2, m->fg_occ, pdl, s, m->fg_split & 2 ? 2 : 1));
 			MARK(7);
 			fa.W = L.down;
 			fa.norm = nullptr;
@@ -2032,7 +2074,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.out = H;
 			fa.in = I;
 			fa.Y = m->x;
-			CK(fg_launch<FG_RESID>(T, fa, m->sms, m->fg_b1, m->fg_occ, pdl, s));
+			CK(fg_launch<FG_RESID>(T, fa, m->sms, m->fg_b1, m->fg_occ, pdl, s, m->fg_split & 4 ? 2 : 1));
 			MARK(9);
 			continue;
 		}

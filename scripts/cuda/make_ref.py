@@ -20,6 +20,39 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 
+
+def byte_chars():
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b); cs.append(256 + n); n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+def write_tokenizer(d, vocab_size=32000):
+    """A byte-level BPE tokenizer.json for the random-weight model, so that the
+    worker can serve it (prompts as token ids): the 256 byte symbols, then
+    placeholder tokens up to vocab_size, no merges."""
+    bc = byte_chars()
+    alpha = [bc[b] for b in range(256)]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for a in alpha:
+        vocab.setdefault(a, len(vocab))
+    i = 0
+    while len(vocab) < vocab_size:
+        tok = alpha[97 + i % 26] + alpha[97 + (i // 26) % 26] + alpha[97 + (i // 676) % 26]
+        if i >= 26 ** 3: tok += alpha[48 + i // 26 ** 3 % 10]
+        vocab.setdefault(tok, len(vocab)); i += 1
+    tj = {"version": "1.0", "truncation": None, "padding": None,
+          "added_tokens": [{"id": k, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True} for t, k in (("<unk>", 0), ("<s>", 1), ("</s>", 2))],
+          "normalizer": None,
+          "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+          "post_processor": None,
+          "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+          "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False, "vocab": vocab, "merges": []}}
+    json.dump(tj, open(d + "/tokenizer.json", "w"))
+    json.dump({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "model_max_length": 2048}, open(d + "/tokenizer_config.json", "w"))
+
 def main():
     out = sys.argv[1]
     bench = "--bench" in sys.argv
@@ -27,7 +60,7 @@ def main():
     torch.manual_seed(0)
     cfg = LlamaConfig(
         vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-        num_attention_heads=32, num_key_value_heads=4, head_dim=64, max_position_embeddings=2048,
+        num_attention_heads=32, num_key_value_heads=4, head_dim=64, max_position_embeddings=4096,
         rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
         hidden_act="silu",
     )
@@ -41,6 +74,7 @@ def main():
             if "norm" in name:  # random norm weights, not all ones
                 p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g, device="cuda"))
     model.save_pretrained(os.path.join(out, "model"))
+    write_tokenizer(os.path.join(out, "model"), cfg.vocab_size)
     print(f"model written in {time.time()-t0:.1f}s", flush=True)
 
     # Reload as a user would (from_pretrained): model.to(bfloat16) above also
