@@ -560,6 +560,10 @@ func (s Suite) DeviceTransfers(t *testing.T) {
 				report("direct "+mode+" "+cs.name, timeReps(t, reps, func() error { return s.move(ctx, p, tr, write) }))
 			}
 		}
+		// the fixed cost of a write: one block, whose copy takes well under a microsecond
+		one := transceiver.Transfer{Pairs: contiguous[:1]}
+		el := timeReps(t, reps, func() error { return s.move(ctx, p, one, true) })
+		t.Logf("direct write of 1 block (%d KB): %v per transfer (the fixed cost)", layout.BlockBytes()>>10, el)
 		report("direct push on request, 1 descriptor", s.timePush(t, p, contiguous, reps))
 		report("direct push on request, 128 descriptors", s.timePush(t, p, scattered, reps))
 		p.c.exit()
