@@ -84,7 +84,7 @@ func TransferModeFromEnv() (string, error) {
 // the README table and `worker probe`.
 func EnvVars() map[string]string {
 	return map[string]string{
-		EnvNIXLPlugin:         "NIXL transfer plugin: UCX (default) or LIBFABRIC; other values warn and use UCX",
+		EnvNIXLPlugin:         "NIXL transfer plugin: UCX (default) or LIBFABRIC (where its plugin cannot load, a warning says why and UCX is used); other values warn and use UCX",
 		EnvNIXLPluginsDir:     "folder of NIXL plugins (default: the plugins folder beside libnixl_capi.so)",
 		EnvNIXLLibDir:         "folder holding libnixl_capi.so (default: search .venv site-packages)",
 		EnvUCXLib:             "libucp to dlopen for the UCX backend (default libucp.so.0)",

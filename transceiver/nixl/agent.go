@@ -177,8 +177,25 @@ func (a *Agent) setup() error {
 	defer C.free(unsafe.Pointer(plugin))
 	if err := statusErr(C.dxn_create_backend(a.agent, plugin, &a.backend)); err != nil {
 		why := a.explainPlugin()
-		_ = statusErr(C.dxn_destroy_agent(a.agent))
-		return fmt.Errorf("nixl: create %s backend: %w; %s", a.plugin, err, why)
+		if a.plugin == transceiver.PluginUCX {
+			_ = statusErr(C.dxn_destroy_agent(a.agent))
+			return fmt.Errorf("nixl: create %s backend: %w; %s", a.plugin, err, why)
+		}
+		// Another plugin (LIBFABRIC) that cannot load here: say exactly
+		// why, once, and fall back to NIXL's UCX plugin. Every worker of a
+		// deployment must end up on the same plugin; on machines installed
+		// alike they all fall back together.
+		wanted := a.plugin
+		a.log.Warn("NIXL plugin unavailable, falling back to the UCX plugin (every worker must use the same plugin)",
+			"wanted", wanted, "err", err, "why", why)
+		a.plugin = transceiver.PluginUCX
+		a.log = a.cfg.Logger.With("backend", "NIXL", "plugin", a.plugin, "agent", a.cfg.Name)
+		ucx := C.CString(a.plugin)
+		defer C.free(unsafe.Pointer(ucx))
+		if err2 := statusErr(C.dxn_create_backend(a.agent, ucx, &a.backend)); err2 != nil {
+			_ = statusErr(C.dxn_destroy_agent(a.agent))
+			return fmt.Errorf("nixl: create %s backend: %w; %s; the UCX fallback failed too: %v", wanted, err, why, err2)
+		}
 	}
 	if err := statusErr(C.dxn_opt_args(a.backend, &a.opt)); err != nil {
 		a.destroyAgent()

@@ -18,7 +18,7 @@ var EnvVars = []EnvVar{
 	{"DISAGG_API_KEY", "the proxy's API key (same as `worker disaggregated --api-key`); also sent to the workers"},
 	{"WORKER_LOG_LEVEL", "log level: debug, info, warn, error (same as --log-level)"},
 	{"CUDA_VISIBLE_DEVICES", "which GPU a worker uses (one worker per GPU)"},
-	{"TRTLLM_NIXL_KVCACHE_BACKEND", "NIXL plugin for KV transfer: UCX (default) or LIBFABRIC; other values warn and use UCX"},
+	{"TRTLLM_NIXL_KVCACHE_BACKEND", "NIXL plugin for KV transfer: UCX (default) or LIBFABRIC (where its plugin cannot load, a warning says why and UCX is used); other values warn and use UCX"},
 	{"NIXL_PLUGINS_DIR", "folder of NIXL plugins (libplugin_UCX.so, ...)"},
 	{"NIXL_LIB_DIR", "folder holding libnixl_capi.so (default: the project virtualenv's nixl wheel)"},
 	{"DISAGG_UCX_LIB", "libucp to dlopen for the UCX backend (default libucp.so.0; point it at a CUDA-enabled UCX to move GPU memory)"},
