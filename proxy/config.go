@@ -33,11 +33,17 @@ type Config struct {
 	// trtllm compatibility (the proxy does not use it).
 	Backend string `yaml:"backend"`
 	// Model is the served model name: what /v1/models lists and what
-	// requests may name. Empty: the first context server's /v1/models.
+	// requests may name. Empty: the first context server's /v1/models
+	// (aggregated mode: the first generation server's).
 	Model string `yaml:"model"`
-	// ContextServers are the prefill workers.
+	// ContextServers are the prefill workers. None (the key left out, or
+	// num_instances 0 and no urls) is aggregated mode: the generation
+	// servers are then plain aggregated workers (started without --role)
+	// and each request goes whole to one of them (ours; trtllm-serve
+	// requires context servers, see the package documentation).
 	ContextServers ServerGroup `yaml:"context_servers"`
-	// GenerationServers are the decode workers.
+	// GenerationServers are the decode workers, or the aggregated workers
+	// when there are no context servers.
 	GenerationServers ServerGroup `yaml:"generation_servers"`
 	// MaxRetries is how many times a failed upstream call is retried on
 	// another server of the same role before anything reached the client
@@ -48,7 +54,8 @@ type Config struct {
 	// stream.
 	RequestTimeout int `yaml:"request_timeout"`
 	// ServerStartTimeout is how long, in seconds, the proxy waits at start
-	// for at least one context and one generation server to answer /health
+	// for at least one context and one generation server (aggregated mode:
+	// one generation server) to answer /health
 	// (trtllm's --server_start_timeout, default 180).
 	ServerStartTimeout int `yaml:"server_start_timeout"`
 	// HealthCheckIntervalSec is the period of the background /health probe
@@ -289,8 +296,24 @@ func (c *Config) Validate() error {
 	if c.DisaggCluster != nil {
 		errs = append(errs, c.DisaggCluster.validate()...)
 	} else {
-		errs = append(errs, c.ContextServers.validate("context_servers", true)...)
-		errs = append(errs, c.GenerationServers.validate("generation_servers", false)...)
+		ctxEmpty := len(c.ContextServers.URLs) == 0 && c.ContextServers.NumInstances == 0
+		genEmpty := len(c.GenerationServers.URLs) == 0 && c.GenerationServers.NumInstances == 0
+		switch {
+		case ctxEmpty && genEmpty:
+			bad("context_servers.urls and generation_servers.urls: no servers are listed; list generation_servers.urls " +
+				"(with context_servers.urls for disaggregated serving, without them for aggregated workers)")
+		case genEmpty:
+			bad("generation_servers.urls: at least one server is needed (context servers only prefill; " +
+				"a deployment without generation servers cannot decode)")
+			errs = append(errs, c.ContextServers.validate("context_servers", true)...)
+		default:
+			if !ctxEmpty {
+				errs = append(errs, c.ContextServers.validate("context_servers", true)...)
+			} else {
+				c.ContextServers.validateRouter("context_servers", true, &errs)
+			}
+			errs = append(errs, c.GenerationServers.validate("generation_servers", false)...)
+		}
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("config: %s", strings.Join(errs, "; "))
@@ -307,6 +330,9 @@ func (g *ServerGroup) validate(key string, context bool) []string {
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Sprintf(format, a...)) }
 	if len(g.URLs) == 0 {
 		bad("%s.urls: at least one server is needed", key)
+	}
+	if g.NumInstances < 0 {
+		bad("%s.num_instances: %d must not be negative", key, g.NumInstances)
 	}
 	if g.NumInstances == 0 {
 		g.NumInstances = len(g.URLs)
@@ -327,6 +353,13 @@ func (g *ServerGroup) validate(key string, context bool) []string {
 		seen[n] = true
 		g.URLs[i] = n
 	}
+	g.validateRouter(key, context, &errs)
+	return errs
+}
+
+// validateRouter checks the group's router section and fills its defaults.
+func (g *ServerGroup) validateRouter(key string, context bool, out *[]string) {
+	bad := func(format string, a ...any) { *out = append(*out, fmt.Sprintf(format, a...)) }
 	r := &g.Router
 	switch r.Type {
 	case "":
@@ -360,7 +393,6 @@ func (g *ServerGroup) validate(key string, context bool) []string {
 	if r.CacheEntries < 1 {
 		bad("%s.router.cache_entries: %d must be positive", key, r.CacheEntries)
 	}
-	return errs
 }
 
 func (d *DisaggClusterConfig) validate() []string {
@@ -427,6 +459,25 @@ func normalizeURL(s string) (string, error) {
 	}
 	return u.Scheme + "://" + u.Host, nil
 }
+
+// Aggregated reports whether the configuration lists no context servers:
+// the generation servers are then aggregated workers (no role), and every
+// request goes whole to one of them. Meaningful after Validate.
+func (c *Config) Aggregated() bool { return len(c.ContextServers.URLs) == 0 }
+
+// Mode is "aggregated" or "disaggregated" (see Aggregated).
+func (c *Config) Mode() string {
+	if c.Aggregated() {
+		return ModeAggregated
+	}
+	return ModeDisaggregated
+}
+
+// Proxy modes, as Config.Mode names them.
+const (
+	ModeDisaggregated = "disaggregated"
+	ModeAggregated    = "aggregated"
+)
 
 // Addr is the listen address, host:port.
 func (c *Config) Addr() string { return net.JoinHostPort(c.Hostname, strconv.Itoa(c.Port)) }

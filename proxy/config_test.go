@@ -72,6 +72,17 @@ func TestConfigErrors(t *testing.T) {
 		{"num_instances", "context_servers: {num_instances: 2, urls: [\"a:1\"]}\ngeneration_servers: {urls: [\"b:2\"]}",
 			[]string{"context_servers.num_instances: 2 does not match the 1 urls"}},
 		{"no generation", "context_servers: {urls: [\"a:1\"]}\n", []string{"generation_servers.urls: at least one server"}},
+		{"no servers at all", "hostname: x\n", []string{"context_servers.urls and generation_servers.urls: no servers are listed"}},
+		{"no servers, zero instances", "context_servers: {num_instances: 0}\ngeneration_servers: {num_instances: 0, urls: []}\n",
+			[]string{"context_servers.urls and generation_servers.urls", "generation_servers.urls"}},
+		{"generation instances without urls", "generation_servers: {num_instances: 2}\n",
+			[]string{"generation_servers.urls: at least one server", "generation_servers.num_instances: 2 does not match the 0 urls"}},
+		{"context instances without urls", "context_servers: {num_instances: 1}\ngeneration_servers: {urls: [\"b:2\"]}\n",
+			[]string{"context_servers.urls: at least one server", "context_servers.num_instances: 1 does not match the 0 urls"}},
+		{"negative instances", "context_servers: {num_instances: -1, urls: [\"a:1\"]}\ngeneration_servers: {urls: [\"b:2\"]}\n",
+			[]string{"context_servers.num_instances: -1 must not be negative"}},
+		{"aggregated bad router", "generation_servers: {urls: [\"b:2\"], router: {type: kv_cache_aware}}\n",
+			[]string{"generation_servers.router.type"}},
 		{"bad url", "context_servers: {urls: [\"a\"]}\ngeneration_servers: {urls: [\"b:2\"]}", []string{"context_servers.urls[0]", "host:port"}},
 		{"duplicate url", "context_servers: {urls: [\"a:1\", \"http://a:1\"]}\ngeneration_servers: {urls: [\"b:2\"]}", []string{"listed twice"}},
 		{"router type", "context_servers: {urls: [\"a:1\"], router: {type: random}}\ngeneration_servers: {urls: [\"b:2\"]}",
@@ -163,5 +174,30 @@ func TestMetadataErrors(t *testing.T) {
 	err = LoadMetadataFile(path, &m)
 	if err == nil || !strings.Contains(err.Error(), "server_type") || !strings.Contains(err.Error(), "port: 0") {
 		t.Errorf("error %v", err)
+	}
+}
+
+// TestConfigAggregated: without context servers (the key left out, or
+// num_instances 0 and no urls) the configuration is valid and names the
+// aggregated mode.
+func TestConfigAggregated(t *testing.T) {
+	for _, text := range []string{
+		"generation_servers: {num_instances: 2, urls: [\"a:1\", \"b:2\"]}\n",
+		"context_servers: {num_instances: 0}\ngeneration_servers: {urls: [\"a:1\", \"b:2\"]}\n",
+		"context_servers: {num_instances: 0, urls: []}\ngeneration_servers: {urls: [\"a:1\", \"b:2\"], router: {type: load_balancing}}\n",
+		"context_servers: {}\ngeneration_servers: {urls: [\"a:1\", \"b:2\"]}\n",
+	} {
+		cfg, warnings, err := loadString(t, text)
+		if err != nil || len(warnings) > 0 {
+			t.Errorf("%q: %v %q", text, err, warnings)
+			continue
+		}
+		if !cfg.Aggregated() || cfg.Mode() != ModeAggregated || len(cfg.GenerationServers.URLs) != 2 || cfg.GenerationServers.NumInstances != 2 {
+			t.Errorf("%q: aggregated %v mode %q config %+v", text, cfg.Aggregated(), cfg.Mode(), cfg)
+		}
+	}
+	cfg, _, err := loadString(t, minimal)
+	if err != nil || cfg.Aggregated() || cfg.Mode() != ModeDisaggregated {
+		t.Errorf("minimal: %v %q", err, cfg.Mode())
 	}
 }

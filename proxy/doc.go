@@ -3,7 +3,8 @@
 // manner of `trtllm-serve disaggregated`: an OpenAI HTTP API
 // (/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics)
 // that runs each request's prefill on a context server and its decode on a
-// generation server.
+// generation server, or, without context servers, each whole request on an
+// aggregated worker.
 //
 // # Request flow
 //
@@ -32,6 +33,31 @@
 //
 // Both workers get the client's X-Request-Id (or a new one), so that their
 // answers carry the same id, and the configured API key as a Bearer token.
+//
+// # Aggregated mode
+//
+// A configuration without context servers (context_servers left out, or
+// num_instances 0 and no urls) puts the proxy in aggregated mode: the
+// generation_servers are plain aggregated workers (started without a
+// role) and each request's body goes to one of them as the client sent it,
+// chosen by generation_servers.router; its answer is relayed as a
+// generation phase's is (same retries before the first byte, timeouts,
+// request ids, API keys, error answers). /health needs a generation server
+// up, /v1/models asks the generation servers, and the metrics label those
+// servers role="aggregated" (disagg_proxy_info{mode="aggregated"} says the
+// mode); Run logs the mode once at start. This lets a benchmark put a
+// disaggregated deployment and aggregated workers behind the same proxy.
+// trtllm-serve disaggregated has no such mode: it refuses a configuration
+// without context servers unless TRTLLM_DISAGG_BENCHMARK_GEN_ONLY=1, a
+// benchmark mode that sends generation_only requests with made-up
+// first_gen_tokens and no KV.
+//
+// # Streaming
+//
+// Every event of a worker's stream is written to the client and flushed
+// as soon as its line has arrived: the upstream body is read line by line
+// (a read returns what the connection has, never waiting to fill the
+// buffer) and each event is followed by a Flush of the response.
 //
 // # First token early (stream_first_token_from_context)
 //

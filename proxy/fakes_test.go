@@ -25,7 +25,8 @@ import (
 // checks them and answers with the whole completion (the first token
 // included), streamed or not. Prompts tokenize one byte per token; the
 // generated tokens are fakeTokens in order, ending with "stop" when they
-// run out.
+// run out. A fake of role RoleAggregated (a worker without a role)
+// answers the client's request whole, as the generation phase would.
 
 var fakeTokens = []string{"Hello", " world", "!", " How", " are", " you", "?"}
 
@@ -186,6 +187,10 @@ func (f *fakeWorker) handle(w http.ResponseWriter, r *http.Request, chat bool) {
 			return
 		}
 		f.answerContext(w, r.Header.Get("X-Request-Id"), &req, chat, prompt)
+	case f.role == RoleAggregated && dp != nil:
+		_ = api.WriteError(w, api.InvalidRequest("disaggregated_params", "an aggregated worker wants the client's request whole"))
+	case f.role == RoleAggregated:
+		f.answerGeneration(w, r, &req, chat, prompt, maxTokens)
 	case dp == nil || dp.RequestType != api.RequestGenerationOnly:
 		_ = api.WriteError(w, api.InvalidRequest("disaggregated_params", "generation server wants generation_only"))
 	case !slices.Equal(dp.FirstGenTokens, []int32{fakeFirstID}) || dp.EncodedOpaqueState != fakeState ||

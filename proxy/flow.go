@@ -17,12 +17,17 @@ import (
 )
 
 // serve runs one request: the context phase, then (unless the context reply
-// finished it) the generation phase, relayed to the client.
-func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, c call, reqID string, start time.Time) {
+// finished it) the generation phase, relayed to the client. In aggregated
+// mode the client's body goes whole to a generation server instead.
+func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, c call, body []byte, reqID string, start time.Time) {
 	h := w.Header()
 	h.Set(HeaderRequestID, reqID)
 	ctx, cancel := context.WithTimeout(r.Context(), p.cfg.requestTimeout())
 	defer cancel()
+	if p.cfg.Aggregated() {
+		p.serveAggregated(ctx, w, c, body, reqID, start)
+		return
+	}
 	did := p.nextDisaggID()
 
 	ctxBody, err := c.contextBody(did)
@@ -76,6 +81,23 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, c call, reqID stri
 		}
 		p.metrics.retries.WithLabelValues(RoleContext).Inc()
 		p.log.Info("KV handoff failed; prefilling again on another context server", "request_id", reqID, "context_server", cs.URL, "error", handoff.Error())
+	}
+}
+
+// serveAggregated sends the client's request, as the client sent it, to a
+// generation server (an aggregated worker) and relays the answer, with the
+// same retries, timeouts and error answers as the generation phase of a
+// disaggregated request. An empty context result leaves nothing to trim
+// from the stream and no prompt tokens to fix in usage.
+func (p *Proxy) serveAggregated(ctx context.Context, w http.ResponseWriter, c call, body []byte, reqID string, start time.Time) {
+	var ue *upstreamError
+	if c.streaming() {
+		ue = p.streamGeneration(ctx, w, c, &ctxResult{}, body, reqID, start)
+	} else {
+		ue = p.answerGeneration(ctx, w, c, &ctxResult{}, body, reqID, start)
+	}
+	if ue != nil { // a KV handoff failure, which an aggregated worker does not have
+		p.fail(w, ue, reqID)
 	}
 }
 
@@ -184,7 +206,7 @@ func (p *Proxy) answerGeneration(ctx context.Context, w http.ResponseWriter, c c
 			return nil
 		}
 		elapsed := cr.elapsed
-		p.metrics.phase.WithLabelValues(RoleGeneration).Observe(elapsed.Seconds())
+		p.metrics.phase.WithLabelValues(p.genPool.role).Observe(elapsed.Seconds())
 		out, err := c.fixReply(data, res)
 		if err != nil {
 			p.fail(w, p.badReply(cr.server, err), reqID)
@@ -230,7 +252,7 @@ func (p *Proxy) streamGeneration(ctx context.Context, w http.ResponseWriter, c c
 			p.streamFail(w, sse, ue, reqID)
 			return nil
 		}
-		p.metrics.phase.WithLabelValues(RoleGeneration).Observe(cr.elapsed.Seconds())
+		p.metrics.phase.WithLabelValues(p.genPool.role).Observe(cr.elapsed.Seconds())
 		relayed, err := p.relay(ctx, sse, c, st, cr.resp.Body)
 		cr.resp.Body.Close()
 		cr.release()

@@ -10,6 +10,7 @@ import (
 
 // metrics are the proxy's Prometheus metrics, in a registry of its own:
 //
+//	disagg_proxy_info{mode}                                gauge: 1, mode "disaggregated" or "aggregated" (no context servers)
 //	disagg_proxy_requests_total{endpoint,status}          counter: client requests answered
 //	disagg_proxy_requests_in_flight                        gauge: client requests being handled
 //	disagg_proxy_upstream_requests_total{role,server}      counter: calls to workers
@@ -22,9 +23,14 @@ import (
 //	disagg_proxy_inter_token_latency_seconds               histogram: time between streamed chunks
 //	disagg_proxy_e2e_request_latency_seconds               histogram: arrival to the end of the answer
 //
+// The role label is "context" or "generation"; in aggregated mode (no
+// context servers) the generation_servers are labelled "aggregated", since
+// they run whole requests, and no "context" series exist.
+//
 // plus the Go runtime and process collectors.
 type metrics struct {
 	reg           *prometheus.Registry
+	info          *prometheus.GaugeVec
 	requests      *prometheus.CounterVec
 	inFlight      prometheus.Gauge
 	upstream      *prometheus.CounterVec
@@ -43,6 +49,9 @@ type metrics struct {
 func newMetrics() *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
+		info: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "disagg_proxy_info", Help: "1, labelled with the proxy's mode: disaggregated, or aggregated (no context servers).",
+		}, []string{"mode"}),
 		kvBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "disagg_proxy_kv_transfer_bytes_total", Help: "KV bytes the generation servers reported pulling for this proxy's requests.",
 		}),
@@ -88,7 +97,7 @@ func newMetrics() *metrics {
 			Buckets: []float64{0.001, 0.01, 0.05, 0.1, 0.3, 0.5, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 240},
 		}),
 	}
-	m.reg.MustRegister(m.requests, m.inFlight, m.upstream, m.upstreamErrs, m.retries, m.answeredByCtx,
+	m.reg.MustRegister(m.info, m.requests, m.inFlight, m.upstream, m.upstreamErrs, m.retries, m.answeredByCtx,
 		m.serverUp, m.phase, m.ttft, m.itl, m.e2e, m.kvBytes, m.kvSeconds,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

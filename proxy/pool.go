@@ -10,11 +10,22 @@ import (
 	"time"
 )
 
-// Roles of upstream servers.
+// Roles of upstream servers: the "role" label of the proxy's metrics.
+// RoleAggregated is the generation_servers of a configuration without
+// context servers: whole requests on workers started without a role.
 const (
 	RoleContext    = "context"
 	RoleGeneration = "generation"
+	RoleAggregated = "aggregated"
 )
+
+// article is "an" before "aggregated", else "a".
+func article(role string) string {
+	if role == RoleAggregated {
+		return "an"
+	}
+	return "a"
+}
 
 // pool is the servers of one role and their router.
 type pool struct {

@@ -59,9 +59,14 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 	if p.ctxPool, err = newPool(RoleContext, cfg.ContextServers, p.metrics, log); err != nil {
 		return nil, fmt.Errorf("context_servers: %w", err)
 	}
-	if p.genPool, err = newPool(RoleGeneration, cfg.GenerationServers, p.metrics, log); err != nil {
+	genRole := RoleGeneration
+	if cfg.Aggregated() {
+		genRole = RoleAggregated
+	}
+	if p.genPool, err = newPool(genRole, cfg.GenerationServers, p.metrics, log); err != nil {
 		return nil, fmt.Errorf("generation_servers: %w", err)
 	}
+	p.metrics.info.WithLabelValues(cfg.Mode()).Set(1)
 	for _, pl := range []*pool{p.ctxPool, p.genPool} {
 		for _, s := range pl.servers {
 			p.metrics.serverUp.WithLabelValues(pl.role, s.URL).Set(0)
@@ -85,11 +90,17 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 func (p *Proxy) Handler() http.Handler { return p.handler }
 
 // Ready reports whether at least one context and one generation server
-// are up.
-func (p *Proxy) Ready() bool { return p.ctxPool.anyUp() && p.genPool.anyUp() }
+// are up (aggregated mode: one generation server).
+func (p *Proxy) Ready() bool {
+	return (p.cfg.Aggregated() || p.ctxPool.anyUp()) && p.genPool.anyUp()
+}
 
-// Servers lists the configured servers of a role (RoleContext or
-// RoleGeneration).
+// Mode is ModeDisaggregated, or ModeAggregated when the configuration has
+// no context servers.
+func (p *Proxy) Mode() string { return p.cfg.Mode() }
+
+// Servers lists the configured servers of a role: RoleContext, or
+// RoleGeneration (RoleAggregated names the same servers).
 func (p *Proxy) Servers(role string) []*Server {
 	if role == RoleContext {
 		return p.ctxPool.servers
@@ -221,6 +232,14 @@ func (p *Proxy) writeJSON(w http.ResponseWriter, body []byte) {
 }
 
 func (p *Proxy) handleHealth(w http.ResponseWriter, _ *http.Request) {
+	if p.cfg.Aggregated() {
+		if !p.genPool.anyUp() {
+			p.writeError(w, api.Unavailable("No generation server (aggregated worker) is up."))
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+		return
+	}
 	if !p.ctxPool.anyUp() {
 		p.writeError(w, api.Unavailable("No context server is up."))
 		return
@@ -233,7 +252,7 @@ func (p *Proxy) handleHealth(w http.ResponseWriter, _ *http.Request) {
 }
 
 // handleModels lists the configured model, or relays the first context
-// server that answers.
+// server (aggregated mode: generation server) that answers.
 func (p *Proxy) handleModels(w http.ResponseWriter, r *http.Request) {
 	if p.cfg.Model != "" {
 		body, err := json.Marshal(api.ModelList{Object: api.ObjectList, Data: []api.Model{{
@@ -249,7 +268,11 @@ func (p *Proxy) handleModels(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), p.cfg.requestTimeout())
 	defer cancel()
 	var last error
-	for _, s := range p.ctxPool.servers {
+	src := p.ctxPool
+	if p.cfg.Aggregated() {
+		src = p.genPool
+	}
+	for _, s := range src.servers {
 		body, err := p.get(ctx, s, "/v1/models")
 		if err == nil {
 			var list api.ModelList
@@ -261,7 +284,7 @@ func (p *Proxy) handleModels(w http.ResponseWriter, r *http.Request) {
 		last = err
 	}
 	p.writeError(w, api.NewError(http.StatusBadGateway, api.TypeServer, "",
-		fmt.Sprintf("No context server listed its models: %v.", last)))
+		fmt.Sprintf("No %s server listed its models: %v.", src.role, last)))
 }
 
 // get is a GET to a worker that expects a 200 JSON answer.
@@ -316,7 +339,7 @@ func (p *Proxy) handleCompletions(w http.ResponseWriter, r *http.Request) {
 		p.writeError(w, e)
 		return
 	}
-	p.serve(w, r, c, api.RequestID(r, "cmpl-"), start)
+	p.serve(w, r, c, body, api.RequestID(r, "cmpl-"), start)
 }
 
 func (p *Proxy) handleChat(w http.ResponseWriter, r *http.Request) {
@@ -334,5 +357,5 @@ func (p *Proxy) handleChat(w http.ResponseWriter, r *http.Request) {
 		p.writeError(w, e)
 		return
 	}
-	p.serve(w, r, c, api.RequestID(r, "chatcmpl-"), start)
+	p.serve(w, r, c, body, api.RequestID(r, "chatcmpl-"), start)
 }

@@ -10,10 +10,12 @@ import (
 	"time"
 )
 
-// Run serves the proxy on cfg's address until ctx ends. It health-checks
-// the servers in the background; when no context or no generation server
-// is up within server_start_timeout it returns an error (the process
-// exits), as trtllm-serve does. meta, when not nil, is the metadata server
+// Run serves the proxy on cfg's address until ctx ends. It logs its mode
+// (disaggregated, or aggregated when there are no context servers) once,
+// and health-checks the servers in the background; when no context or no
+// generation server (aggregated mode: no generation server) is up within
+// server_start_timeout it returns an error (the process exits), as
+// trtllm-serve does. meta, when not nil, is the metadata server
 // configuration (-m): parsed and validated, not used yet. ready, when not
 // nil, is called with the listening address once the proxy accepts
 // connections.
@@ -39,6 +41,13 @@ func Run(ctx context.Context, cfg Config, meta *MetadataConfig, log *slog.Logger
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
+	if cfg.Aggregated() {
+		log.Info("proxy mode", "mode", ModeAggregated,
+			"detail", "no context_servers: each request goes whole to a generation server, which must be an aggregated worker (no --role)")
+	} else {
+		log.Info("proxy mode", "mode", ModeDisaggregated,
+			"detail", "each request is prefilled on a context server and decoded on a generation server")
+	}
 	log.Info("proxy listening", "addr", ln.Addr().String(),
 		"context_servers", cfg.ContextServers.URLs, "context_router", cfg.ContextServers.Router.Type,
 		"generation_servers", cfg.GenerationServers.URLs, "generation_router", cfg.GenerationServers.Router.Type,
@@ -95,7 +104,11 @@ func (p *Proxy) waitReady(ctx context.Context, timeout time.Duration) error {
 					}
 				}
 			}
-			return fmt.Errorf("proxy: no context or no generation server answered /health within server_start_timeout (%s); down: %v", timeout, down)
+			what := "no context or no generation server"
+			if p.cfg.Aggregated() {
+				what = "no generation server (aggregated worker)"
+			}
+			return fmt.Errorf("proxy: %s answered /health within server_start_timeout (%s); down: %v", what, timeout, down)
 		}
 		select {
 		case <-ctx.Done():

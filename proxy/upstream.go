@@ -134,7 +134,7 @@ func (p *Proxy) transportError(ctx context.Context, s *Server, err error) *upstr
 	}
 	return p.count(s, &upstreamError{kind: failConnect, retry: true, down: true, err: err,
 		client: api.NewError(http.StatusBadGateway, api.TypeServer, "",
-			fmt.Sprintf("Could not reach a %s server.", s.Role))})
+			fmt.Sprintf("Could not reach %s %s server.", article(s.Role), s.Role))})
 }
 
 // count records a failure in the metrics and returns it.

@@ -20,7 +20,8 @@ func disaggregatedCommand() *cli.Command {
 		Usage: "run the OpenAI proxy in front of context and generation workers",
 		Description: "Reads disagg_config.yaml (trtllm-serve's keys: hostname, port, model, context_servers,\n" +
 			"generation_servers with num_instances, urls and router, max_retries, disagg_cluster ...).\n" +
-			"Each request is prefilled on a context server and decoded on a generation server.",
+			"Each request is prefilled on a context server and decoded on a generation server; without\n" +
+			"context_servers the generation servers are aggregated workers (no --role) that get each request whole.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "config_file", Aliases: []string{"c", "config"}, Required: true, Usage: "disagg_config.yaml"},
 			&cli.StringFlag{Name: "metadata_server_config_file", Aliases: []string{"m"}, Usage: "metadata_config.yaml (etcd metadata server; parsed, discovery not implemented yet)"},
