@@ -393,9 +393,18 @@ func (a *Agent) pollOps() bool {
 // the caller's memory may be reused once start returns.
 func (a *Agent) start(ctx context.Context, p *Peer, what string, post func(o *op)) error {
 	o := &op{ctx: ctx, peer: p, done: make(chan error, 1), what: what}
-	err := a.do(func() error {
+	a.mu.Lock()
+	closed := a.closed
+	a.mu.Unlock()
+	if closed {
+		return transceiver.ErrClosed
+	}
+	// One hand-off each way: the loop posts the operation and, when it
+	// completes, answers on o.done (no separate wait for the posting).
+	f := func() {
 		if a.stopping {
-			return transceiver.ErrClosed
+			o.done <- transceiver.ErrClosed
+			return
 		}
 		post(o)
 		if len(o.reqs) == 0 {
@@ -403,15 +412,28 @@ func (a *Agent) start(ctx context.Context, p *Peer, what string, post func(o *op
 				o.cleanup()
 			}
 			o.done <- o.err
-			return nil
+			return
 		}
 		a.ops = append(a.ops, o)
-		return nil
-	})
-	if err != nil {
-		return err
 	}
-	return <-o.done
+	select {
+	case a.work <- f:
+		a.wake()
+	case <-a.loopDone:
+		return transceiver.ErrClosed
+	}
+	select {
+	case err := <-o.done:
+		return err
+	case <-a.loopDone:
+		// the loop may have answered just before it ended
+		select {
+		case err := <-o.done:
+			return err
+		default:
+			return transceiver.ErrClosed
+		}
+	}
 }
 
 // Register maps the region with UCX (host or CUDA memory type), packs its
