@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	cw "disagg/worker/cluster"
 )
 
 // Router types accepted in context_servers.router.type and
@@ -80,8 +82,10 @@ type Config struct {
 	// here so one file configures the deployment; the proxy does not use it
 	// yet).
 	ClusterSecret string `yaml:"cluster_secret"`
-	// DisaggCluster configures dynamic discovery (trtllm's disagg_cluster).
-	// Parsed and validated; not implemented yet.
+	// DisaggCluster configures dynamic membership (trtllm's
+	// disagg_cluster): with an http:// cluster_uri the proxy accepts worker
+	// registrations itself (see the package documentation); etcd:// is not
+	// implemented yet.
 	DisaggCluster *DisaggClusterConfig `yaml:"disagg_cluster"`
 	// NodeID (trtllm, 0..255) is the high byte of disagg_request_id.
 	NodeID *int `yaml:"node_id"`
@@ -132,7 +136,8 @@ type DisaggClusterConfig struct {
 	// ClusterURI is http://host:port (the proxy's own store) or
 	// etcd://host:2379.
 	ClusterURI string `yaml:"cluster_uri"`
-	// ClusterName namespaces the workers' keys.
+	// ClusterName namespaces the workers' keys (default "default", ours);
+	// workers must use the same one.
 	ClusterName string `yaml:"cluster_name"`
 	// MinimalInstances is how many servers of each role must be up before
 	// the proxy is ready.
@@ -295,6 +300,19 @@ func (c *Config) Validate() error {
 	}
 	if c.DisaggCluster != nil {
 		errs = append(errs, c.DisaggCluster.validate()...)
+		// Static urls next to disagg_cluster are permanent members (trtllm
+		// ignores them; we honour them, see the package documentation).
+		for _, g := range []struct {
+			key     string
+			g       *ServerGroup
+			context bool
+		}{{"context_servers", &c.ContextServers, true}, {"generation_servers", &c.GenerationServers, false}} {
+			if len(g.g.URLs) > 0 || g.g.NumInstances != 0 {
+				errs = append(errs, g.g.validate(g.key, g.context)...)
+			} else {
+				g.g.validateRouter(g.key, g.context, &errs)
+			}
+		}
 	} else {
 		ctxEmpty := len(c.ContextServers.URLs) == 0 && c.ContextServers.NumInstances == 0
 		genEmpty := len(c.GenerationServers.URLs) == 0 && c.GenerationServers.NumInstances == 0
@@ -318,11 +336,20 @@ func (c *Config) Validate() error {
 	if len(errs) > 0 {
 		return fmt.Errorf("config: %s", strings.Join(errs, "; "))
 	}
-	if c.DisaggCluster != nil {
-		return fmt.Errorf("config: disagg_cluster (dynamic discovery through %s): %w; list the servers in context_servers.urls and generation_servers.urls",
+	if c.DisaggCluster != nil && c.DisaggCluster.etcd() {
+		return fmt.Errorf("config: disagg_cluster.cluster_uri: %s: etcd discovery is %w; use http://<this proxy's host>:<port> "+
+			"(the proxy then keeps the cluster itself), or list the servers in context_servers.urls and generation_servers.urls",
 			c.DisaggCluster.ClusterURI, ErrNotImplemented)
 	}
 	return nil
+}
+
+// etcd reports an etcd:// cluster_uri.
+func (d *DisaggClusterConfig) etcd() bool { return strings.HasPrefix(d.ClusterURI, "etcd://") }
+
+// inactiveTimeout is inactive_timeout_sec as a duration.
+func (d *DisaggClusterConfig) inactiveTimeout() time.Duration {
+	return time.Duration(d.InactiveTimeoutSec) * time.Second
 }
 
 func (g *ServerGroup) validate(key string, context bool) []string {
@@ -409,6 +436,12 @@ func (d *DisaggClusterConfig) validate() []string {
 	case u.Host == "":
 		bad("disagg_cluster.cluster_uri: %q has no host", d.ClusterURI)
 	}
+	if d.ClusterName == "" {
+		d.ClusterName = cw.DefaultClusterName
+	}
+	if strings.ContainsAny(d.ClusterName, "/ ") {
+		bad("disagg_cluster.cluster_name: %q must not contain '/' or spaces", d.ClusterName)
+	}
 	if d.MinimalInstances.ContextServers == 0 {
 		d.MinimalInstances.ContextServers = 1
 	}
@@ -463,7 +496,9 @@ func normalizeURL(s string) (string, error) {
 // Aggregated reports whether the configuration lists no context servers:
 // the generation servers are then aggregated workers (no role), and every
 // request goes whole to one of them. Meaningful after Validate.
-func (c *Config) Aggregated() bool { return len(c.ContextServers.URLs) == 0 }
+// With disagg_cluster the proxy is always disaggregated: members register
+// as context or generation servers.
+func (c *Config) Aggregated() bool { return c.DisaggCluster == nil && len(c.ContextServers.URLs) == 0 }
 
 // Mode is "aggregated" or "disaggregated" (see Aggregated).
 func (c *Config) Mode() string {

@@ -97,7 +97,22 @@
 //
 // # Discovery
 //
-// Static urls only. disagg_cluster and the metadata server file (-m) are
-// parsed and validated; dynamic discovery is not implemented yet
-// (disagg_cluster is refused with ErrNotImplemented; -m logs a warning).
+// Static urls, or dynamic membership with disagg_cluster and an http://
+// cluster_uri, as trtllm-serve's HTTP cluster storage: the proxy serves
+// POST /set (register: key /trtllm-disagg/<cluster_name>/workers/<id>,
+// value {worker_id, host, port, role}), GET /expire (heartbeat), DELETE
+// /delete (deregister), GET /get_prefix and GET /cluster_info; the wire
+// types and the worker's client are in disagg/worker/cluster. Requests need
+// the key the proxy sends to workers (worker_api_key, else api_key). A
+// registered worker joins its role's pool at once (marked up, then
+// health-checked like the others); one not refreshed for
+// inactive_timeout_sec is dropped; the pools change under the routers,
+// which only ever see a snapshot of candidates. Readiness (/health, the
+// "proxy ready" log) needs minimal_instances of each role up, with no
+// start deadline. Static urls given as well stay members for good (trtllm
+// ignores them); with disagg_cluster the proxy is always disaggregated
+// (workers register as context or generation). An etcd:// cluster_uri is
+// refused with ErrNotImplemented, and disagg_cluster with the metadata
+// server file (-m) is refused, as trtllm does; -m alone is parsed and logs
+// a warning.
 package proxy

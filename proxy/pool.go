@@ -27,13 +27,67 @@ func article(role string) string {
 	return "a"
 }
 
-// pool is the servers of one role and their router.
+// pool is the servers of one role and their router. Its members change
+// when disagg_cluster is set: workers register and expire while requests
+// are routed, so every reader takes a snapshot under mu.
 type pool struct {
 	role    string
-	servers []*Server
 	router  Router
 	log     *slog.Logger
 	metrics *metrics
+
+	mu      sync.RWMutex
+	servers []*Server
+}
+
+// snapshot is the current members; the slice is not modified afterwards.
+func (p *pool) snapshot() []*Server {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.servers
+}
+
+// add makes url a member (marked up: a worker registers once it serves)
+// and reports true, or returns the existing member with that URL and false.
+func (p *pool) add(url string) (*Server, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, s := range p.servers {
+		if s.URL == url {
+			return s, false
+		}
+	}
+	s := &Server{URL: url, Role: p.role, calls: p.metrics.upstream.WithLabelValues(p.role, url)}
+	s.up.Store(true)
+	p.servers = append(slices.Clone(p.servers), s)
+	p.metrics.serverUp.WithLabelValues(p.role, url).Set(1)
+	p.log.Info("server joined", "role", p.role, "server", url, "servers", len(p.servers))
+	return s, true
+}
+
+// remove drops the member s; requests already on it finish.
+func (p *pool) remove(s *Server, why string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	i := slices.Index(p.servers, s)
+	if i < 0 {
+		return
+	}
+	p.servers = slices.Delete(slices.Clone(p.servers), i, i+1)
+	s.up.Store(false)
+	p.metrics.serverUp.DeleteLabelValues(p.role, s.URL)
+	p.log.Warn("server left", "role", p.role, "server", s.URL, "reason", why, "servers", len(p.servers))
+}
+
+// countUp is the number of members up.
+func (p *pool) countUp() int {
+	n := 0
+	for _, s := range p.snapshot() {
+		if s.up.Load() {
+			n++
+		}
+	}
+	return n
 }
 
 func newPool(role string, g ServerGroup, m *metrics, log *slog.Logger) (*pool, error) {
@@ -55,13 +109,14 @@ func newPool(role string, g ServerGroup, m *metrics, log *slog.Logger) (*pool, e
 func (p *pool) acquire(info *routeInfo, exclude []*Server) (s *Server, release func()) {
 	var buf [8]*Server
 	cands := buf[:0]
-	for _, s := range p.servers {
+	servers := p.snapshot()
+	for _, s := range servers {
 		if s.up.Load() && !slices.Contains(exclude, s) {
 			cands = append(cands, s)
 		}
 	}
 	if len(cands) == 0 {
-		for _, s := range p.servers {
+		for _, s := range servers {
 			if !slices.Contains(exclude, s) {
 				cands = append(cands, s)
 			}
@@ -82,7 +137,7 @@ func (p *pool) acquire(info *routeInfo, exclude []*Server) (s *Server, release f
 
 // anyUp reports whether a server of the pool is up.
 func (p *pool) anyUp() bool {
-	for _, s := range p.servers {
+	for _, s := range p.snapshot() {
 		if s.up.Load() {
 			return true
 		}
@@ -92,6 +147,9 @@ func (p *pool) anyUp() bool {
 
 // setUp records a server's state, logging and counting changes.
 func (p *pool) setUp(s *Server, up bool, why string) {
+	if !slices.Contains(p.snapshot(), s) {
+		return // left the pool (disagg_cluster) while a call or check ran
+	}
 	if s.up.Swap(up) == up {
 		return
 	}
@@ -107,7 +165,7 @@ func (p *pool) setUp(s *Server, up bool, why string) {
 // checkAll probes every server's /health once, concurrently.
 func (p *pool) checkAll(ctx context.Context, client *http.Client, apiKey string, timeout time.Duration) {
 	var wg sync.WaitGroup
-	for _, s := range p.servers {
+	for _, s := range p.snapshot() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

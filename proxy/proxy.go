@@ -40,6 +40,7 @@ type Proxy struct {
 	metrics   *metrics
 	handler   http.Handler
 	workerKey string
+	reg       *registry // disagg_cluster members; nil without disagg_cluster
 	nodeID    int64
 	seq       atomic.Int64
 	created   int64
@@ -68,7 +69,7 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 	}
 	p.metrics.info.WithLabelValues(cfg.Mode()).Set(1)
 	for _, pl := range []*pool{p.ctxPool, p.genPool} {
-		for _, s := range pl.servers {
+		for _, s := range pl.snapshot() {
 			p.metrics.serverUp.WithLabelValues(pl.role, s.URL).Set(0)
 		}
 	}
@@ -82,6 +83,9 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 		p.nodeID = int64(b[0])
 	}
 	p.seq.Store(time.Now().UnixNano() & (1<<40 - 1))
+	if cfg.DisaggCluster != nil {
+		p.reg = newRegistry(p, cfg.DisaggCluster)
+	}
 	p.handler = p.routes()
 	return p, nil
 }
@@ -90,22 +94,48 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 func (p *Proxy) Handler() http.Handler { return p.handler }
 
 // Ready reports whether at least one context and one generation server
-// are up (aggregated mode: one generation server).
+// are up (aggregated mode: one generation server); with disagg_cluster,
+// whether minimal_instances of each role are up.
 func (p *Proxy) Ready() bool {
-	return (p.cfg.Aggregated() || p.ctxPool.anyUp()) && p.genPool.anyUp()
+	return p.notReady() == ""
+}
+
+// notReady says why the proxy is not ready, or "".
+func (p *Proxy) notReady() string {
+	if d := p.cfg.DisaggCluster; d != nil {
+		c, g := p.ctxPool.countUp(), p.genPool.countUp()
+		if c < d.MinimalInstances.ContextServers || g < d.MinimalInstances.GenerationServers {
+			return fmt.Sprintf("Waiting for workers to register: %d of %d context servers and %d of %d generation servers are up (disagg_cluster.minimal_instances).",
+				c, d.MinimalInstances.ContextServers, g, d.MinimalInstances.GenerationServers)
+		}
+		return ""
+	}
+	if p.cfg.Aggregated() {
+		if !p.genPool.anyUp() {
+			return "No generation server (aggregated worker) is up."
+		}
+		return ""
+	}
+	if !p.ctxPool.anyUp() {
+		return "No context server is up."
+	}
+	if !p.genPool.anyUp() {
+		return "No generation server is up."
+	}
+	return ""
 }
 
 // Mode is ModeDisaggregated, or ModeAggregated when the configuration has
 // no context servers.
 func (p *Proxy) Mode() string { return p.cfg.Mode() }
 
-// Servers lists the configured servers of a role: RoleContext, or
+// Servers lists the current servers of a role (static and registered): RoleContext, or
 // RoleGeneration (RoleAggregated names the same servers).
 func (p *Proxy) Servers(role string) []*Server {
 	if role == RoleContext {
-		return p.ctxPool.servers
+		return p.ctxPool.snapshot()
 	}
-	return p.genPool.servers
+	return p.genPool.snapshot()
 }
 
 // CheckNow health-checks every server once.
@@ -120,6 +150,9 @@ func (p *Proxy) CheckNow(ctx context.Context) {
 // failed call comes back when its /health answers 200 again, and one that
 // stops answering is marked down before a request finds out.
 func (p *Proxy) Start(ctx context.Context) {
+	if p.reg != nil {
+		go p.reg.run(ctx)
+	}
 	p.CheckNow(ctx)
 	go func() {
 		t := time.NewTicker(secs(p.cfg.HealthCheckIntervalSec))
@@ -148,6 +181,9 @@ func (p *Proxy) routes() http.Handler {
 		"/v1/models":           {http.MethodGet: p.handleModels},
 		"/health":              {http.MethodGet: p.handleHealth},
 		"/metrics":             {http.MethodGet: p.metrics.handler().ServeHTTP},
+	}
+	if p.reg != nil {
+		p.reg.routes(table)
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		endpoint := r.URL.Path
@@ -232,20 +268,8 @@ func (p *Proxy) writeJSON(w http.ResponseWriter, body []byte) {
 }
 
 func (p *Proxy) handleHealth(w http.ResponseWriter, _ *http.Request) {
-	if p.cfg.Aggregated() {
-		if !p.genPool.anyUp() {
-			p.writeError(w, api.Unavailable("No generation server (aggregated worker) is up."))
-			return
-		}
-		w.WriteHeader(http.StatusOK)
-		return
-	}
-	if !p.ctxPool.anyUp() {
-		p.writeError(w, api.Unavailable("No context server is up."))
-		return
-	}
-	if !p.genPool.anyUp() {
-		p.writeError(w, api.Unavailable("No generation server is up."))
+	if why := p.notReady(); why != "" {
+		p.writeError(w, api.Unavailable("%s", why))
 		return
 	}
 	w.WriteHeader(http.StatusOK)
@@ -272,7 +296,7 @@ func (p *Proxy) handleModels(w http.ResponseWriter, r *http.Request) {
 	if p.cfg.Aggregated() {
 		src = p.genPool
 	}
-	for _, s := range src.servers {
+	for _, s := range src.snapshot() {
 		body, err := p.get(ctx, s, "/v1/models")
 		if err == nil {
 			var list api.ModelList

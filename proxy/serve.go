@@ -23,6 +23,9 @@ func Run(ctx context.Context, cfg Config, meta *MetadataConfig, log *slog.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if meta != nil && cfg.DisaggCluster != nil {
+		return fmt.Errorf("proxy: disagg_cluster and the metadata server file (-m) cannot be used together (as in trtllm-serve); drop one")
+	}
 	if meta != nil {
 		log.Warn("metadata server: discovery through etcd is not implemented yet; serving the static urls",
 			"hostname", meta.Hostname, "port", meta.Port)
@@ -41,6 +44,12 @@ func Run(ctx context.Context, cfg Config, meta *MetadataConfig, log *slog.Logger
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
+	if d := cfg.DisaggCluster; d != nil {
+		log.Info("proxy cluster", "cluster_uri", d.ClusterURI, "cluster_name", d.ClusterName,
+			"minimal_context_servers", d.MinimalInstances.ContextServers, "minimal_generation_servers", d.MinimalInstances.GenerationServers,
+			"heartbeat_interval_sec", d.HeartbeatIntervalSec, "inactive_timeout_sec", d.InactiveTimeoutSec,
+			"detail", "workers register with POST /set and heartbeat with GET /expire; static urls, if any, stay members")
+	}
 	if cfg.Aggregated() {
 		log.Info("proxy mode", "mode", ModeAggregated,
 			"detail", "no context_servers: each request goes whole to a generation server, which must be an aggregated worker (no --role)")
@@ -87,7 +96,22 @@ func Run(ctx context.Context, cfg Config, meta *MetadataConfig, log *slog.Logger
 
 // waitReady waits until a context and a generation server are up; it
 // fails after timeout (0: do not wait). The health loop does the checks.
+// With disagg_cluster it waits for minimal_instances without a deadline
+// (workers may join at any time) and never fails.
 func (p *Proxy) waitReady(ctx context.Context, timeout time.Duration) error {
+	if p.reg != nil {
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for !p.Ready() {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+			}
+		}
+		p.log.Info("proxy ready")
+		return nil
+	}
 	if timeout <= 0 {
 		return nil
 	}
@@ -98,7 +122,7 @@ func (p *Proxy) waitReady(ctx context.Context, timeout time.Duration) error {
 		if time.Now().After(deadline) {
 			var down []string
 			for _, pl := range []*pool{p.ctxPool, p.genPool} {
-				for _, s := range pl.servers {
+				for _, s := range pl.snapshot() {
 					if !s.Up() {
 						down = append(down, pl.role+" "+s.URL)
 					}

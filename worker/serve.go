@@ -7,11 +7,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"disagg/api"
+	"disagg/worker/cluster"
 	"disagg/worker/config"
 )
 
@@ -48,6 +51,12 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	h := NewHandler(rt, log)
 	handler.Store(&h)
 	log.Info("ready", "addr", ln.Addr().String(), "model", rt.ModelName)
+	deregister, err := joinCluster(ctx, cfg, ln.Addr(), log)
+	if err != nil {
+		_ = srv.Close()
+		return err
+	}
+	defer deregister()
 
 	select {
 	case <-ctx.Done():
@@ -55,12 +64,62 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return fmt.Errorf("worker: serve: %w", err)
 	}
 	log.Info("shutting down")
+	deregister()
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
 	return nil
+}
+
+// joinCluster registers the worker with the proxy when
+// disagg_cluster.cluster_uri is set, and keeps it registered until ctx
+// ends. The returned function deregisters (once; later calls do nothing).
+func joinCluster(ctx context.Context, cfg config.Config, addr net.Addr, log *slog.Logger) (func(), error) {
+	d := cfg.DisaggCluster
+	if d.ClusterURI == "" {
+		return func() {}, nil
+	}
+	host := d.AdvertiseHost
+	if host == "" {
+		host = cfg.Host
+		if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+			h, err := os.Hostname()
+			if err != nil {
+				return nil, fmt.Errorf("worker: disagg_cluster: host %q is not an address the proxy can call, and the host name is unknown (%w); set disagg_cluster.advertise_host", cfg.Host, err)
+			}
+			host = h
+		}
+	}
+	port := 0
+	if a, ok := addr.(*net.TCPAddr); ok {
+		port = a.Port
+	}
+	c, err := cluster.New(cluster.Config{
+		ClusterURI: d.ClusterURI, ClusterName: d.ClusterName, Role: cfg.Role, Host: host, Port: port, APIKey: cfg.APIKey,
+		Heartbeat: time.Duration(d.HeartbeatIntervalSec) * time.Second, InactiveTimeout: time.Duration(d.InactiveTimeoutSec) * time.Second,
+	}, log)
+	if err != nil {
+		return nil, fmt.Errorf("worker: disagg_cluster: %w", err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(runCtx) }()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			cancel()
+			<-done
+			dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer dcancel()
+			if err := c.Deregister(dctx); err != nil {
+				log.Warn("cluster deregistration failed; the proxy drops the worker after inactive_timeout_sec", "error", err)
+				return
+			}
+			log.Info("deregistered from the cluster", "key", c.Key())
+		})
+	}, nil
 }
 
 // notReady answers every request while the model loads.

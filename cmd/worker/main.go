@@ -77,6 +77,7 @@ func serveFlags() []cli.Flag {
 		&cli.IntFlag{Name: "max_seq_len", Aliases: []string{"max-seq-len", "max-model-len"}, Usage: "most tokens per sequence (default: the model's context)"},
 		&cli.StringFlag{Name: "compute-backend", Usage: "auto | cpu | cuda"},
 		&cli.IntFlag{Name: "threads", Usage: "CPU backend threads (default: one per core)"},
+		&cli.StringFlag{Name: "disagg_cluster_uri", Aliases: []string{"disagg-cluster-uri"}, Usage: "register with the proxy at http://host:port (disagg_cluster.cluster_uri; needs --role)"},
 		&cli.StringFlag{Name: "api-key", EnvVars: []string{"WORKER_API_KEY"}, Usage: "require `Authorization: Bearer <key>` on /v1/*"},
 		&cli.StringFlag{Name: "log-level", Aliases: []string{"log_level"}, EnvVars: []string{"WORKER_LOG_LEVEL"}, Usage: "debug | info | warn | error"},
 	}
@@ -113,6 +114,7 @@ func resolve(c *cli.Context) (config.Config, []string, error) {
 	num("max_seq_len", &cfg.MaxSeqLen)
 	str("compute-backend", &cfg.ComputeBackend)
 	num("threads", &cfg.Threads)
+	str("disagg_cluster_uri", &cfg.DisaggCluster.ClusterURI)
 	str("api-key", &cfg.APIKey)
 	str("log-level", &cfg.LogLevel)
 	return cfg, warnings, cfg.Validate()

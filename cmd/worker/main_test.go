@@ -51,6 +51,10 @@ type proc struct {
 	Cmd *exec.Cmd
 }
 
+// crashRE matches what a dying process prints first: Go fatal errors and
+// panics, signals, and native assertion failures.
+var crashRE = regexp.MustCompile(`^(panic:|fatal error:|SIG[A-Z]+:|PC=|goroutine \d+ \[running\]|.*Assertion|.*(ucs|uct|ucp)[a-z_]*\.c:\d+ .*Fatal)`)
+
 // startProcess runs exe with args (and env added to the environment) and
 // waits until its stderr has matched addrRE (whose first group is the
 // listening address) and then readyRE (nil: addrRE is enough). Cleanup
@@ -72,6 +76,7 @@ func startProcess(t *testing.T, exe string, env []string, addrRE, readyRE *regex
 	var (
 		logMu sync.Mutex
 		tail  []string // the last lines of stderr, shown when the test failed
+		crash []string // lines that say why a process died (kept apart: a crash dump pushes them out of tail)
 	)
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(syscall.SIGCONT)
@@ -87,6 +92,9 @@ func startProcess(t *testing.T, exe string, env []string, addrRE, readyRE *regex
 		cancel()
 		if t.Failed() {
 			logMu.Lock()
+			if len(crash) > 0 {
+				t.Logf("%s %v: crash lines of stderr:\n%s", filepath.Base(exe), args, strings.Join(crash, "\n"))
+			}
 			t.Logf("%s %v: last lines of stderr:\n%s", filepath.Base(exe), args, strings.Join(tail, "\n"))
 			logMu.Unlock()
 		}
@@ -105,6 +113,9 @@ func startProcess(t *testing.T, exe string, env []string, addrRE, readyRE *regex
 			logMu.Lock()
 			if tail = append(tail, line); len(tail) > 40 {
 				tail = tail[1:]
+			}
+			if crashRE.MatchString(line) && len(crash) < 40 {
+				crash = append(crash, line)
 			}
 			logMu.Unlock()
 			if got == "" {
@@ -183,6 +194,8 @@ func TestBadConfigExitsWithClearError(t *testing.T) {
 		{[]string{"--role", "decoder"}, `role: "decoder" is not one of`},
 		{[]string{"--model", filepath.Join(dir, "nope")}, "nope"},
 		{[]string{"serve-please"}, `unexpected argument "serve-please"`},
+		{[]string{"--role", "context", "--disagg_cluster_uri", "etcd://h:2379"}, "etcd:// is not implemented yet; use http://"},
+		{[]string{"--disagg_cluster_uri", "http://127.0.0.1:1"}, "disagg_cluster: needs role context or generation"},
 	} {
 		cmd := exec.Command(exe, append([]string{"--port", "0", "--host", "127.0.0.1"}, tc.args...)...)
 		out, err := cmd.CombinedOutput()
