@@ -51,6 +51,12 @@ type rig struct {
 
 func newRig(t testing.TB, dir string, blocks int) *rig {
 	t.Helper()
+	return newRigOpts(t, dir, blocks, Options{})
+}
+
+// newRigOpts is newRig with backend options.
+func newRigOpts(t testing.TB, dir string, blocks int, opts Options) *rig {
+	t.Helper()
 	dev := device(t)
 	m, err := model.LoadDir(dir, model.Options{})
 	if err != nil {
@@ -60,7 +66,7 @@ func newRig(t testing.TB, dir string, blocks int) *rig {
 	if err != nil {
 		t.Fatalf("pool: %v", err)
 	}
-	be, err := New(m, pool, Options{})
+	be, err := New(m, pool, opts)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

@@ -22,7 +22,6 @@ import (
 
 	"disagg/worker/compute"
 	"disagg/worker/engine"
-	"disagg/worker/model"
 	"disagg/worker/sampling"
 )
 
@@ -545,33 +544,4 @@ func benchOverlap(t *testing.T, opts Options) {
 				!opts.NoGraphs, batch, mode, float64(batch*gen)/best.Seconds(), batch, gen, best)
 		}
 	}
-}
-
-// newRigOpts is newRig with backend options.
-func newRigOpts(t testing.TB, dir string, blocks int, opts Options) *rig {
-	t.Helper()
-	dev := device(t)
-	m, err := model.LoadDir(dir, model.Options{})
-	if err != nil {
-		t.Fatalf("load %s: %v", dir, err)
-	}
-	pool, err := NewDevicePool(dev, LayoutFor(m.Config, tpb), blocks)
-	if err != nil {
-		t.Fatalf("pool: %v", err)
-	}
-	be, err := New(m, pool, opts)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	r := &rig{m: m, pool: pool, be: be}
-	t.Cleanup(func() {
-		if err := be.Close(); err != nil {
-			t.Errorf("backend close: %v", err)
-		}
-		if err := pool.Close(); err != nil {
-			t.Errorf("pool close: %v", err)
-		}
-		m.Close()
-	})
-	return r
 }

@@ -10,6 +10,7 @@
 // [kv head][head dim], bf16.
 
 #include "dcu.h"
+#include "dcu_status.h"
 
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -24,18 +25,7 @@
 #include <vector>
 
 // ---------------------------------------------------------------------------
-// Status handling
-
-static void set_status(dcu_status *st, int kind, int code, const char *name, const char *fmt, ...) {
-	if (!st) return;
-	st->kind = kind;
-	st->code = code;
-	snprintf(st->name, sizeof st->name, "%s", name);
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(st->msg, sizeof st->msg, fmt, ap);
-	va_end(ap);
-}
+// Status handling (set_status, CK and INVALID: dcu_status.h)
 
 static const char *cublas_name(cublasStatus_t s) {
 	switch (s) {
@@ -53,15 +43,6 @@ static const char *cublas_name(cublasStatus_t s) {
 	}
 }
 
-#define CK(call)                                                                              \
-	do {                                                                                      \
-		cudaError_t e_ = (call);                                                              \
-		if (e_ != cudaSuccess) {                                                              \
-			set_status(st, DCU_ERR_CUDA, (int)e_, cudaGetErrorName(e_), "%s (%s at %s:%d)", \
-			           cudaGetErrorString(e_), #call, __FILE__, __LINE__);                    \
-			return 0;                                                                         \
-		}                                                                                     \
-	} while (0)
 
 #define CKB(call)                                                                                  \
 	do {                                                                                           \
@@ -75,11 +56,6 @@ static const char *cublas_name(cublasStatus_t s) {
 
 #define CKL() CK(cudaGetLastError())
 
-#define INVALID(...)                                                          \
-	do {                                                                      \
-		set_status(st, DCU_ERR_INVALID, 0, "dcuInvalidArgument", __VA_ARGS__); \
-		return 0;                                                             \
-	} while (0)
 
 // ---------------------------------------------------------------------------
 // Kernels

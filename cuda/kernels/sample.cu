@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "sample.h"
+#include "dcu_status.h"
 
 namespace {
 
@@ -29,32 +30,8 @@ constexpr int ST = 1024;     // threads per row
 constexpr int NW = ST / 32;  // warps per row (32: one warp scans the warps' totals)
 static_assert(NW == 32, "the block scans assume 32 warps");
 
-void sample_status(dcu_status *st, int kind, int code, const char *name, const char *fmt, ...) {
-	if (!st) return;
-	st->kind = kind;
-	st->code = code;
-	snprintf(st->name, sizeof st->name, "%s", name);
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(st->msg, sizeof st->msg, fmt, ap);
-	va_end(ap);
-}
 
-#define SCK(call)                                                                                \
-	do {                                                                                         \
-		cudaError_t e_ = (call);                                                                 \
-		if (e_ != cudaSuccess) {                                                                 \
-			sample_status(st, DCU_ERR_CUDA, (int)e_, cudaGetErrorName(e_), "%s (%s at %s:%d)", \
-			              cudaGetErrorString(e_), #call, __FILE__, __LINE__);                    \
-			return 0;                                                                            \
-		}                                                                                        \
-	} while (0)
 
-#define SINVALID(...)                                                            \
-	do {                                                                         \
-		sample_status(st, DCU_ERR_INVALID, 0, "dcuInvalidArgument", __VA_ARGS__); \
-		return 0;                                                                \
-	} while (0)
 
 // The counter-based draw: splitmix64's finalizer over (seed, step), the
 // same function as Go's sampling.Uniform.
@@ -382,9 +359,9 @@ struct dcu_sampler {
 };
 
 extern "C" int dcu_sampler_create(dcu_model *m, dcu_sampler **out, dcu_status *st) {
-	if (!m || !out) SINVALID("dcu_sampler_create: NULL model or out");
+	if (!m || !out) INVALID("dcu_sampler_create: NULL model or out");
 	dcu_sampler *s = (dcu_sampler *)calloc(1, sizeof(dcu_sampler));
-	if (!s) SINVALID("dcu_sampler_create: out of host memory");
+	if (!s) INVALID("dcu_sampler_create: out of host memory");
 	s->m = m;
 	s->stream = (cudaStream_t)dcu_model_stream(m);
 	s->k = 1;
@@ -393,7 +370,7 @@ extern "C" int dcu_sampler_create(dcu_model *m, dcu_sampler **out, dcu_status *s
 		if (e != cudaSuccess) {
 			if (i == 1) cudaEventDestroy(s->ev[0]);
 			free(s);
-			SCK(e);
+			CK(e);
 		}
 	}
 	*out = s;
@@ -401,20 +378,20 @@ extern "C" int dcu_sampler_create(dcu_model *m, dcu_sampler **out, dcu_status *s
 }
 
 extern "C" int dcu_sample_async(dcu_sampler *s, const dcu_sample_params *p, int rows, int *slot, dcu_status *st) {
-	if (!s || !slot || rows < 0 || (rows > 0 && !p)) SINVALID("dcu_sample_async: bad arguments (rows %d)", rows);
+	if (!s || !slot || rows < 0 || (rows > 0 && !p)) INVALID("dcu_sample_async: bad arguments (rows %d)", rows);
 	int k = s->k ^ 1;
-	if (s->busy[k]) SINVALID("dcu_sample_async: two sampled steps already wait for dcu_sample_wait");
-	SCK(cudaEventSynchronize(s->ev[k])); // the slot's last copies are done
+	if (s->busy[k]) INVALID("dcu_sample_async: two sampled steps already wait for dcu_sample_wait");
+	CK(cudaEventSynchronize(s->ev[k])); // the slot's last copies are done
 	if (rows > s->dcap) {
-		SCK(cudaStreamSynchronize(s->stream)); // no kernel reads the old buffers
+		CK(cudaStreamSynchronize(s->stream)); // no kernel reads the old buffers
 		cudaFree(s->d_params);
 		cudaFree(s->d_out);
 		s->d_params = nullptr;
 		s->d_out = nullptr;
 		s->dcap = 0;
 		int cap = rows < 64 ? 64 : rows;
-		SCK(cudaMalloc((void **)&s->d_params, sizeof(dcu_sample_params) * cap));
-		SCK(cudaMalloc((void **)&s->d_out, sizeof(int32_t) * cap));
+		CK(cudaMalloc((void **)&s->d_params, sizeof(dcu_sample_params) * cap));
+		CK(cudaMalloc((void **)&s->d_out, sizeof(int32_t) * cap));
 		s->dcap = cap;
 	}
 	if (rows > s->hcap[k]) {
@@ -424,19 +401,19 @@ extern "C" int dcu_sample_async(dcu_sampler *s, const dcu_sample_params *p, int 
 		s->h_ids[k] = nullptr;
 		s->hcap[k] = 0;
 		int cap = rows < 64 ? 64 : rows;
-		SCK(cudaMallocHost((void **)&s->h_params[k], sizeof(dcu_sample_params) * cap));
-		SCK(cudaMallocHost((void **)&s->h_ids[k], sizeof(int32_t) * cap));
+		CK(cudaMallocHost((void **)&s->h_params[k], sizeof(dcu_sample_params) * cap));
+		CK(cudaMallocHost((void **)&s->h_ids[k], sizeof(int32_t) * cap));
 		s->hcap[k] = cap;
 	}
 	if (rows > 0) {
 		memcpy(s->h_params[k], p, sizeof(dcu_sample_params) * rows);
-		SCK(cudaMemcpyAsync(s->d_params, s->h_params[k], sizeof(dcu_sample_params) * rows, cudaMemcpyHostToDevice, s->stream));
+		CK(cudaMemcpyAsync(s->d_params, s->h_params[k], sizeof(dcu_sample_params) * rows, cudaMemcpyHostToDevice, s->stream));
 		sample_kernel<<<rows, ST, 0, s->stream>>>(dcu_model_logits(s->m), dcu_model_vocab(s->m), 0, s->d_params,
 		                                          dcu_model_ids(s->m), s->d_out);
-		SCK(cudaGetLastError());
-		SCK(cudaMemcpyAsync(s->h_ids[k], s->d_out, sizeof(int32_t) * rows, cudaMemcpyDeviceToHost, s->stream));
+		CK(cudaGetLastError());
+		CK(cudaMemcpyAsync(s->h_ids[k], s->d_out, sizeof(int32_t) * rows, cudaMemcpyDeviceToHost, s->stream));
 	}
-	SCK(cudaEventRecord(s->ev[k], s->stream));
+	CK(cudaEventRecord(s->ev[k], s->stream));
 	s->busy[k] = 1;
 	s->rows[k] = rows;
 	s->k = k;
@@ -445,10 +422,10 @@ extern "C" int dcu_sample_async(dcu_sampler *s, const dcu_sample_params *p, int 
 }
 
 extern "C" int dcu_sample_wait(dcu_sampler *s, int slot, int32_t *ids, int rows, dcu_status *st) {
-	if (!s || slot < 0 || slot > 1 || !s->busy[slot]) SINVALID("dcu_sample_wait: slot %d is not waiting", slot);
-	if (rows != s->rows[slot] || (rows > 0 && !ids)) SINVALID("dcu_sample_wait: %d rows asked, the step has %d", rows, s->rows[slot]);
+	if (!s || slot < 0 || slot > 1 || !s->busy[slot]) INVALID("dcu_sample_wait: slot %d is not waiting", slot);
+	if (rows != s->rows[slot] || (rows > 0 && !ids)) INVALID("dcu_sample_wait: %d rows asked, the step has %d", rows, s->rows[slot]);
 	s->busy[slot] = 0;
-	SCK(cudaEventSynchronize(s->ev[slot]));
+	CK(cudaEventSynchronize(s->ev[slot]));
 	if (rows > 0) memcpy(ids, s->h_ids[slot], sizeof(int32_t) * rows);
 	return 1;
 }
@@ -464,13 +441,13 @@ extern "C" int dcu_sampler_destroy(dcu_sampler *s, dcu_status *st) {
 		cudaEventDestroy(s->ev[i]);
 	}
 	free(s);
-	SCK(e);
+	CK(e);
 	return 1;
 }
 
 extern "C" int dcu_sample_logits(const float *logits, int rows, int vocab, int shared_row, const dcu_sample_params *p,
                                  int32_t *ids, dcu_status *st) {
-	if (rows <= 0 || vocab <= 0 || !logits || !p || !ids) SINVALID("dcu_sample_logits: bad arguments");
+	if (rows <= 0 || vocab <= 0 || !logits || !p || !ids) INVALID("dcu_sample_logits: bad arguments");
 	size_t nl = shared_row ? (size_t)vocab : (size_t)rows * vocab;
 	float *d_logits = nullptr;
 	dcu_sample_params *d_p = nullptr;
@@ -494,7 +471,7 @@ extern "C" int dcu_sample_logits(const float *logits, int rows, int vocab, int s
 	cudaFree(d_ids);
 	cudaFree(d_out);
 	if (stream) cudaStreamDestroy(stream);
-	SCK(e);
+	CK(e);
 	return 1;
 }
 

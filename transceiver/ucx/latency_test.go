@@ -15,8 +15,8 @@ func BenchmarkWriteOneBlock(b *testing.B) {
 	requireUCX(b)
 	src := newRegion(b, 4096, 4)
 	dst := newRegion(b, 4096, 4)
-	a := newAgentTB(b, "lat-a", src)
-	c := newAgentTB(b, "lat-b", dst)
+	a := newAgent(b, "lat-a", src, 0)
+	c := newAgent(b, "lat-b", dst, 0)
 	info, err := c.LocalInfo()
 	if err != nil {
 		b.Fatal(err)
@@ -37,17 +37,4 @@ func BenchmarkWriteOneBlock(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-}
-
-func newAgentTB(tb testing.TB, name string, r transceiver.Region) *Agent {
-	tb.Helper()
-	a, err := New(transceiver.Config{Name: name, KVTransferTimeoutMs: 5000})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { _ = a.Close() })
-	if err := a.Register(r); err != nil {
-		tb.Fatal(err)
-	}
-	return a
 }

@@ -13,7 +13,7 @@ import (
 	"disagg/transceiver"
 )
 
-func newAgent(t *testing.T, name string, r transceiver.Region, faultEvery int) *Agent {
+func newAgent(t testing.TB, name string, r transceiver.Region, faultEvery int) *Agent {
 	t.Helper()
 	a, err := New(transceiver.Config{Name: name, KVTransferTimeoutMs: 5000, FaultEvery: faultEvery})
 	if err != nil {
