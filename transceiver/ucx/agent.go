@@ -132,6 +132,13 @@ func New(cfg transceiver.Config) (*Agent, error) {
 		return nil, err
 	}
 	a.log.Debug("UCX agent started", "memory_types", memTypeList(a.memTypes))
+	if !versionAtLeast(1, 14) {
+		maj, min, rel := Version()
+		a.log.Warn("this UCX aborts the whole process if a peer dies while their connection is still being set up "+
+			"(an assertion on a queued wireup reply, removed upstream by openucx/ucx#8175); use UCX 1.14 or newer, "+
+			"e.g. DISAGG_UCX_LIB pointing at the libucp the nixl-cu13 wheel bundles",
+			"ucx_version", fmt.Sprintf("%d.%d.%d", maj, min, rel))
+	}
 	return a, nil
 }
 
