@@ -86,7 +86,7 @@ type Config struct {
 	// disagg_cluster): with an http:// cluster_uri the proxy accepts worker
 	// registrations itself (see the package documentation); etcd:// is not
 	// implemented yet.
-	DisaggCluster *DisaggClusterConfig `yaml:"disagg_cluster"`
+	DisaggCluster *cw.Section `yaml:"disagg_cluster"`
 	// NodeID (trtllm, 0..255) is the high byte of disagg_request_id.
 	NodeID *int `yaml:"node_id"`
 	// LogLevel is debug, info, warn or error (ours; --log_level wins).
@@ -128,34 +128,6 @@ type RouterConfig struct {
 	// CacheEntries bounds kv_cache_aware's table of block hashes (ours;
 	// default 100000).
 	CacheEntries int `yaml:"cache_entries"`
-}
-
-// DisaggClusterConfig is trtllm's disagg_cluster section: workers register
-// themselves in a cluster store instead of being listed in urls.
-type DisaggClusterConfig struct {
-	// ClusterURI is http://host:port (the proxy's own store) or
-	// etcd://host:2379.
-	ClusterURI string `yaml:"cluster_uri"`
-	// ClusterName namespaces the workers' keys (default "default", ours);
-	// workers must use the same one.
-	ClusterName string `yaml:"cluster_name"`
-	// MinimalInstances is how many servers of each role must be up before
-	// the proxy is ready.
-	MinimalInstances MinimalInstances `yaml:"minimal_instances"`
-	// HeartbeatIntervalSec is how often workers refresh their entry
-	// (default 5).
-	HeartbeatIntervalSec int `yaml:"heartbeat_interval_sec"`
-	// InactiveTimeoutSec drops a worker that missed heartbeats this long
-	// (default 10).
-	InactiveTimeoutSec int `yaml:"inactive_timeout_sec"`
-}
-
-// MinimalInstances is disagg_cluster.minimal_instances.
-type MinimalInstances struct {
-	// ContextServers is the least number of context servers (default 1).
-	ContextServers int `yaml:"context_servers"`
-	// GenerationServers is the least number of generation servers (default 1).
-	GenerationServers int `yaml:"generation_servers"`
 }
 
 // MetadataConfig is trtllm's metadata server file (-m): the etcd server
@@ -299,7 +271,7 @@ func (c *Config) Validate() error {
 		bad("node_id: %d must be in [0, 255]", *c.NodeID)
 	}
 	if c.DisaggCluster != nil {
-		errs = append(errs, c.DisaggCluster.validate()...)
+		errs = append(errs, checkCluster(c.DisaggCluster)...)
 		// Static urls next to disagg_cluster are permanent members (trtllm
 		// ignores them; we honour them, see the package documentation).
 		for _, g := range []struct {
@@ -336,20 +308,12 @@ func (c *Config) Validate() error {
 	if len(errs) > 0 {
 		return fmt.Errorf("config: %s", strings.Join(errs, "; "))
 	}
-	if c.DisaggCluster != nil && c.DisaggCluster.etcd() {
+	if c.DisaggCluster != nil && c.DisaggCluster.Etcd() {
 		return fmt.Errorf("config: disagg_cluster.cluster_uri: %s: etcd discovery is %w; use http://<this proxy's host>:<port> "+
 			"(the proxy then keeps the cluster itself), or list the servers in context_servers.urls and generation_servers.urls",
 			c.DisaggCluster.ClusterURI, ErrNotImplemented)
 	}
 	return nil
-}
-
-// etcd reports an etcd:// cluster_uri.
-func (d *DisaggClusterConfig) etcd() bool { return strings.HasPrefix(d.ClusterURI, "etcd://") }
-
-// inactiveTimeout is inactive_timeout_sec as a duration.
-func (d *DisaggClusterConfig) inactiveTimeout() time.Duration {
-	return time.Duration(d.InactiveTimeoutSec) * time.Second
 }
 
 func (g *ServerGroup) validate(key string, context bool) []string {
@@ -422,26 +386,10 @@ func (g *ServerGroup) validateRouter(key string, context bool, out *[]string) {
 	}
 }
 
-func (d *DisaggClusterConfig) validate() []string {
-	var errs []string
-	bad := func(format string, a ...any) { errs = append(errs, fmt.Sprintf(format, a...)) }
-	u, err := url.Parse(d.ClusterURI)
-	switch {
-	case d.ClusterURI == "":
-		bad("disagg_cluster.cluster_uri: required (http://host:port or etcd://host:2379)")
-	case err != nil:
-		bad("disagg_cluster.cluster_uri: %v", err)
-	case u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "etcd":
-		bad("disagg_cluster.cluster_uri: scheme %q is not one of http, https, etcd", u.Scheme)
-	case u.Host == "":
-		bad("disagg_cluster.cluster_uri: %q has no host", d.ClusterURI)
-	}
-	if d.ClusterName == "" {
-		d.ClusterName = cw.DefaultClusterName
-	}
-	if strings.ContainsAny(d.ClusterName, "/ ") {
-		bad("disagg_cluster.cluster_name: %q must not contain '/' or spaces", d.ClusterName)
-	}
+// checkCluster checks the proxy's disagg_cluster section: the keys both
+// sides read, then minimal_instances (default 1 each).
+func checkCluster(d *cw.Section) []string {
+	errs := d.Check()
 	if d.MinimalInstances.ContextServers == 0 {
 		d.MinimalInstances.ContextServers = 1
 	}
@@ -449,19 +397,7 @@ func (d *DisaggClusterConfig) validate() []string {
 		d.MinimalInstances.GenerationServers = 1
 	}
 	if d.MinimalInstances.ContextServers < 1 || d.MinimalInstances.GenerationServers < 1 {
-		bad("disagg_cluster.minimal_instances: context_servers and generation_servers must be at least 1")
-	}
-	if d.HeartbeatIntervalSec == 0 {
-		d.HeartbeatIntervalSec = 5
-	}
-	if d.InactiveTimeoutSec == 0 {
-		d.InactiveTimeoutSec = 10
-	}
-	if d.HeartbeatIntervalSec < 1 {
-		bad("disagg_cluster.heartbeat_interval_sec: %d must be positive", d.HeartbeatIntervalSec)
-	}
-	if d.InactiveTimeoutSec <= d.HeartbeatIntervalSec {
-		bad("disagg_cluster.inactive_timeout_sec: %d must exceed heartbeat_interval_sec (%d)", d.InactiveTimeoutSec, d.HeartbeatIntervalSec)
+		errs = append(errs, "disagg_cluster.minimal_instances: context_servers and generation_servers must be at least 1")
 	}
 	return errs
 }

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	cw "disagg/worker/cluster"
 )
 
 func TestShippedConfigs(t *testing.T) {
@@ -118,8 +120,8 @@ func TestConfigCluster(t *testing.T) {
 	if !errors.Is(err, ErrNotImplemented) || !strings.Contains(err.Error(), "disagg_cluster") {
 		t.Fatalf("error %v", err)
 	}
-	want := DisaggClusterConfig{ClusterURI: "etcd://localhost:2379", ClusterName: "c1",
-		MinimalInstances:     MinimalInstances{ContextServers: 2, GenerationServers: 1},
+	want := cw.Section{ClusterURI: "etcd://localhost:2379", ClusterName: "c1",
+		MinimalInstances:     cw.MinimalInstances{ContextServers: 2, GenerationServers: 1},
 		HeartbeatIntervalSec: 5, InactiveTimeoutSec: 10}
 	if diff := cmp.Diff(&want, cfg.DisaggCluster); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)

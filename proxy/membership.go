@@ -39,9 +39,9 @@ type member struct {
 	expires time.Time
 }
 
-func newRegistry(p *Proxy, d *DisaggClusterConfig) *registry {
+func newRegistry(p *Proxy, d *cw.Section) *registry {
 	return &registry{
-		p: p, prefix: cw.KeyPrefix(d.ClusterName), timeout: d.inactiveTimeout(),
+		p: p, prefix: cw.KeyPrefix(d.ClusterName), timeout: d.InactiveTimeout(),
 		now: time.Now, members: map[string]*member{},
 	}
 }
@@ -241,9 +241,9 @@ func (g *registry) handleGetPrefix(w http.ResponseWriter, r *http.Request) {
 // ClusterInfo is the answer of GET /cluster_info (trtllm's shape, with
 // each member's URL and state added).
 type ClusterInfo struct {
-	CurrentWorkers   ClusterWorkers   `json:"current_workers"`
-	MinimalInstances MinimalInstances `json:"minimal_instances"`
-	IsReady          bool             `json:"is_ready"`
+	CurrentWorkers   ClusterWorkers      `json:"current_workers"`
+	MinimalInstances cw.MinimalInstances `json:"minimal_instances"`
+	IsReady          bool                `json:"is_ready"`
 }
 
 // ClusterWorkers lists the members of each role.

@@ -27,9 +27,9 @@ func newClusterProxy(t *testing.T, ctxURLs, genURLs []string, minCtx, minGen int
 	t.Helper()
 	tp := newTestProxy(t, ctxURLs, genURLs, func(c *Config) {
 		c.APIKey = clusterKey
-		c.DisaggCluster = &DisaggClusterConfig{
+		c.DisaggCluster = &cw.Section{
 			ClusterURI: "http://localhost:8000", ClusterName: "c1",
-			MinimalInstances:     MinimalInstances{ContextServers: minCtx, GenerationServers: minGen},
+			MinimalInstances:     cw.MinimalInstances{ContextServers: minCtx, GenerationServers: minGen},
 			HeartbeatIntervalSec: 1, InactiveTimeoutSec: 3,
 		}
 	})
@@ -70,8 +70,8 @@ func joinClient(t *testing.T, tp *testProxy, f *fakeWorker, role, key string) *c
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := cw.New(cw.Config{ClusterURI: tp.srv.URL, ClusterName: "c1", Role: role, Host: host, Port: p, APIKey: key,
-		Heartbeat: time.Second, InactiveTimeout: 3 * time.Second}, nil)
+	c, err := cw.New(cw.Config{Section: cw.Section{ClusterURI: tp.srv.URL, ClusterName: "c1",
+		HeartbeatIntervalSec: 1, InactiveTimeoutSec: 3}, Role: role, Host: host, Port: p, APIKey: key}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -96,10 +96,7 @@ func joinCluster(ctx context.Context, cfg config.Config, addr net.Addr, log *slo
 	if a, ok := addr.(*net.TCPAddr); ok {
 		port = a.Port
 	}
-	c, err := cluster.New(cluster.Config{
-		ClusterURI: d.ClusterURI, ClusterName: d.ClusterName, Role: cfg.Role, Host: host, Port: port, APIKey: cfg.APIKey,
-		Heartbeat: time.Duration(d.HeartbeatIntervalSec) * time.Second, InactiveTimeout: time.Duration(d.InactiveTimeoutSec) * time.Second,
-	}, log)
+	c, err := cluster.New(cluster.Config{Section: d, Role: cfg.Role, Host: host, Port: port, APIKey: cfg.APIKey}, log)
 	if err != nil {
 		return nil, fmt.Errorf("worker: disagg_cluster: %w", err)
 	}

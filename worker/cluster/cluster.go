@@ -123,10 +123,9 @@ func (w WorkerInfo) URL() string {
 
 // Config is what a worker needs to join a cluster.
 type Config struct {
-	// ClusterURI is http(s)://proxy-host:port.
-	ClusterURI string
-	// ClusterName namespaces the keys ("" -> DefaultClusterName).
-	ClusterName string
+	// Section is the worker's disagg_cluster section; Check has filled
+	// its defaults.
+	Section
 	// Role is RoleContext or RoleGeneration.
 	Role string
 	// Host and Port are the worker's advertised address.
@@ -134,8 +133,6 @@ type Config struct {
 	Port int
 	// APIKey is sent as `Authorization: Bearer` when not empty.
 	APIKey string
-	// Heartbeat is the refresh period; InactiveTimeout the entry's TTL.
-	Heartbeat, InactiveTimeout time.Duration
 }
 
 // Client registers one worker with the proxy and keeps its entry alive.
@@ -151,22 +148,18 @@ type Client struct {
 // New checks cfg and builds a client. An etcd:// URI is
 // ErrEtcdNotImplemented.
 func New(cfg Config, log *slog.Logger) (*Client, error) {
-	u, err := url.Parse(cfg.ClusterURI)
+	u, err := parseURI(cfg.ClusterURI)
 	switch {
 	case err != nil:
 		return nil, fmt.Errorf("cluster_uri: %w", err)
 	case u.Scheme == "etcd":
 		return nil, ErrEtcdNotImplemented
-	case u.Scheme != "http" && u.Scheme != "https":
-		return nil, fmt.Errorf("cluster_uri: scheme %q is not http or https", u.Scheme)
-	case u.Host == "":
-		return nil, fmt.Errorf("cluster_uri: %q has no host", cfg.ClusterURI)
 	}
 	if cfg.Role != RoleContext && cfg.Role != RoleGeneration {
 		return nil, fmt.Errorf("role: %q is not %q or %q", cfg.Role, RoleContext, RoleGeneration)
 	}
-	if cfg.Heartbeat <= 0 || cfg.InactiveTimeout <= cfg.Heartbeat {
-		return nil, fmt.Errorf("heartbeat %s must be positive and below the inactive timeout %s", cfg.Heartbeat, cfg.InactiveTimeout)
+	if cfg.Heartbeat() <= 0 || cfg.InactiveTimeout() <= cfg.Heartbeat() {
+		return nil, fmt.Errorf("heartbeat %s must be positive and below the inactive timeout %s", cfg.Heartbeat(), cfg.InactiveTimeout())
 	}
 	if cfg.ClusterName == "" {
 		cfg.ClusterName = DefaultClusterName
@@ -194,7 +187,7 @@ func (c *Client) Key() string { return c.key }
 // It does not deregister: call Deregister on graceful shutdown.
 func (c *Client) Run(ctx context.Context) {
 	registered := false
-	t := time.NewTicker(c.cfg.Heartbeat)
+	t := time.NewTicker(c.cfg.Heartbeat())
 	defer t.Stop()
 	for {
 		var err error
@@ -210,7 +203,7 @@ func (c *Client) Run(ctx context.Context) {
 				registered = true
 				c.log.Info("registered with the cluster", "role", c.cfg.Role, "url", c.info.URL())
 			} else if ctx.Err() == nil {
-				c.log.Warn("cluster registration failed; retrying", "error", err, "retry_in", c.cfg.Heartbeat)
+				c.log.Warn("cluster registration failed; retrying", "error", err, "retry_in", c.cfg.Heartbeat())
 			}
 		}
 		select {
@@ -243,7 +236,7 @@ func (c *Client) heartbeat(ctx context.Context) error {
 	return c.do(ctx, http.MethodGet, PathExpire, url.Values{"key": {c.key}, "ttl": {strconv.Itoa(c.ttl())}}, nil)
 }
 
-func (c *Client) ttl() int { return int((c.cfg.InactiveTimeout + time.Second - 1) / time.Second) }
+func (c *Client) ttl() int { return int((c.cfg.InactiveTimeout() + time.Second - 1) / time.Second) }
 
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, body []byte) error {
 	u := c.base + path

@@ -8,8 +8,9 @@ package config
 import (
 	"fmt"
 	"math"
-	"net/url"
 	"strings"
+
+	"disagg/worker/cluster"
 )
 
 // Config is a worker's configuration. YAML keys follow trtllm-serve's
@@ -46,7 +47,7 @@ type Config struct {
 	DisableOverlapScheduler bool `yaml:"disable_overlap_scheduler"`
 	// DisaggCluster, when cluster_uri is set, registers the worker with the
 	// proxy (trtllm's disagg_cluster; the same section as the proxy's).
-	DisaggCluster DisaggClusterConfig `yaml:"disagg_cluster"`
+	DisaggCluster cluster.Section `yaml:"disagg_cluster"`
 
 	// Flag-only settings (also accepted in the file).
 
@@ -95,39 +96,6 @@ type CacheTransceiverConfig struct {
 	// KVTransferSenderFutureTimeoutMS bounds how long the sender waits for
 	// the receiver to ask for a request's KV.
 	KVTransferSenderFutureTimeoutMS int `yaml:"kv_transfer_sender_future_timeout_ms"`
-}
-
-// DisaggClusterConfig is trtllm's disagg_cluster section on a worker: with
-// cluster_uri http://<proxy host>:<port> the worker registers its URL and
-// role with the proxy once it serves, heartbeats every
-// heartbeat_interval_sec, and deregisters on graceful shutdown (package
-// disagg/worker/cluster). Empty cluster_uri: off.
-type DisaggClusterConfig struct {
-	// ClusterURI is the proxy, http(s)://host:port. etcd:// is not
-	// implemented yet (an error says so).
-	ClusterURI string `yaml:"cluster_uri"`
-	// ClusterName must equal the proxy's (default "default").
-	ClusterName string `yaml:"cluster_name"`
-	// MinimalInstances is read by the proxy; accepted here so that one
-	// section can be shared, and unused.
-	MinimalInstances MinimalInstances `yaml:"minimal_instances"`
-	// HeartbeatIntervalSec is how often the worker refreshes its entry
-	// (default 5).
-	HeartbeatIntervalSec int `yaml:"heartbeat_interval_sec"`
-	// InactiveTimeoutSec is the entry's lifetime without heartbeats
-	// (default 10; the proxy's own value is the one applied).
-	InactiveTimeoutSec int `yaml:"inactive_timeout_sec"`
-	// AdvertiseHost is the host the proxy should call (ours). Empty: host,
-	// or this machine's host name when host is 0.0.0.0 or ::.
-	AdvertiseHost string `yaml:"advertise_host"`
-}
-
-// MinimalInstances is disagg_cluster.minimal_instances.
-type MinimalInstances struct {
-	// ContextServers is the proxy's least number of context servers.
-	ContextServers int `yaml:"context_servers"`
-	// GenerationServers is the proxy's least number of generation servers.
-	GenerationServers int `yaml:"generation_servers"`
 }
 
 // Roles a worker can take.
@@ -232,7 +200,7 @@ func (c *Config) Validate() error {
 		bad("max_body_bytes: %d must be at least 1024", c.MaxBodyBytes)
 	}
 	if c.DisaggCluster.ClusterURI != "" {
-		errs = append(errs, c.DisaggCluster.validate(c.Role)...)
+		errs = append(errs, checkCluster(&c.DisaggCluster, c.Role)...)
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("config: %s", strings.Join(errs, "; "))
@@ -240,40 +208,16 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-func (d *DisaggClusterConfig) validate(role string) []string {
-	var errs []string
+// checkCluster checks the worker's disagg_cluster section: the keys both
+// sides read, then the worker's own rules.
+func checkCluster(d *cluster.Section, role string) []string {
+	errs := d.Check()
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Sprintf(format, a...)) }
-	u, err := url.Parse(d.ClusterURI)
-	switch {
-	case err != nil:
-		bad("disagg_cluster.cluster_uri: %v", err)
-	case u.Scheme == "etcd":
+	if d.Etcd() {
 		bad("disagg_cluster.cluster_uri: %q: etcd:// is not implemented yet; use http://<proxy host>:<port>", d.ClusterURI)
-	case u.Scheme != "http" && u.Scheme != "https":
-		bad("disagg_cluster.cluster_uri: scheme %q is not http or https (http://<proxy host>:<port>)", u.Scheme)
-	case u.Host == "":
-		bad("disagg_cluster.cluster_uri: %q has no host", d.ClusterURI)
 	}
 	if role != RoleContext && role != RoleGeneration {
 		bad("disagg_cluster: needs role context or generation (as trtllm-serve's server_role); an aggregated worker cannot join a disaggregated cluster")
-	}
-	if d.ClusterName == "" {
-		d.ClusterName = "default"
-	}
-	if strings.ContainsAny(d.ClusterName, "/ ") {
-		bad("disagg_cluster.cluster_name: %q must not contain '/' or spaces", d.ClusterName)
-	}
-	if d.HeartbeatIntervalSec == 0 {
-		d.HeartbeatIntervalSec = 5
-	}
-	if d.InactiveTimeoutSec == 0 {
-		d.InactiveTimeoutSec = 10
-	}
-	if d.HeartbeatIntervalSec < 1 {
-		bad("disagg_cluster.heartbeat_interval_sec: %d must be positive", d.HeartbeatIntervalSec)
-	}
-	if d.InactiveTimeoutSec <= d.HeartbeatIntervalSec {
-		bad("disagg_cluster.inactive_timeout_sec: %d must exceed heartbeat_interval_sec (%d)", d.InactiveTimeoutSec, d.HeartbeatIntervalSec)
 	}
 	if d.MinimalInstances.ContextServers < 0 || d.MinimalInstances.GenerationServers < 0 {
 		bad("disagg_cluster.minimal_instances: counts must not be negative")
