@@ -93,6 +93,10 @@ cuda: ## CUDA backend: kernels for sm_90 (cuda/build/libdcu.a), bin/worker-cuda 
 bench-model: ## CPU backend micro-benchmarks (tiny model)
 	$(GO) test -run='^$$' -bench=. -benchtime=2s ./worker/compute/cpu/
 
+.PHONY: bench-transfer
+bench-transfer: setup ## KV transceiver latencies, UCX and NIXL: a one-block write, a notification's and a push request's round trip (two agents in one process)
+	$(GO) test -run='^$$' -bench=BenchmarkLatency -benchtime=2s -count=3 ./transceiver/ucx/ ./transceiver/nixl/
+
 .PHONY: fmt
 fmt: ## gofmt every Go file
 	gofmt -w $$(git ls-files '*.go')

@@ -41,6 +41,14 @@ func (m *Mailbox) Deliver(n Notification) bool {
 	return true
 }
 
+// Waiting reports whether any request is waiting for its notification
+// (a backend that polls for notifications polls faster then).
+func (m *Mailbox) Waiting() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.waiters) > 0
+}
+
 // Wait returns requestID's notification once it arrives. It gives up when
 // ctx ends (an error wrapping its cause) or when closed is closed
 // (ErrClosed). One waiter per request id.

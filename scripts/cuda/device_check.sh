@@ -86,6 +86,8 @@ if has transfer; then
     export LD_LIBRARY_PATH="$UCX_LIB_DIR:$LD_LIBRARY_PATH"
   fi
   (cd "$ROOT/transceiver/ucx" && timeout 200 "$ROOT/bin/ucx.test" -test.v -test.count=1 -test.run 'TestTwoProcess/DeviceTransfers' 2>&1) | tee "$OUT/transfer.log" | grep -vE '^=== (RUN|PAUSE|CONT)'
+  echo "== transceiver fixed costs: one-block write, notification and push round trips (host memory, make bench-transfer)"
+  (cd "$ROOT/transceiver/ucx" && timeout 100 "$ROOT/bin/ucx.test" -test.run '^$' -test.bench BenchmarkLatency -test.benchtime 1s -test.count 3 2>&1) | tee "$OUT/latency.log" | grep '^Benchmark'
 fi
 if has ncu-gemv; then
   echo "== ncu: the fused GEMVs of layer 0 of a one-token step (TestShapeModel)"

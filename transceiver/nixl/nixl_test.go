@@ -272,3 +272,7 @@ func TestForgedRegionRejected(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// BenchmarkLatency is the fixed cost of a one-block write and of a push on
+// request's round trip between two NIXL agents of one process (UCX plugin).
+func BenchmarkLatency(b *testing.B) { suite.BenchLatency(b) }

@@ -227,13 +227,14 @@ func (a *Agent) loop(ready chan<- error) {
 	timer := time.NewTimer(idleWait)
 	lastActive := time.Now()
 	for {
-		busy := false
+		// woke: a goroutine waits on something this pass answered.
+		busy, woke := false, false
 	drain:
 		for i := 0; i < 64; i++ {
 			select {
 			case f := <-a.work:
 				f()
-				busy = true
+				busy, woke = true, true
 			default:
 				break drain
 			}
@@ -242,10 +243,13 @@ func (a *Agent) loop(ready chan<- error) {
 			busy = true
 		}
 		if a.deliver() {
-			busy = true
+			busy, woke = true, true
 		}
 		if a.pollOps() {
-			busy = true
+			busy, woke = true, true
+		}
+		if woke {
+			transceiver.YieldToWoken()
 		}
 		if a.stopping {
 			if len(a.ops) == 0 {

@@ -1,0 +1,174 @@
+package transceivertest
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"disagg/transceiver"
+)
+
+// BenchLatency measures a backend's fixed costs between two agents of one
+// process, each on its own progress loop, with one 4 KB block:
+//
+//   - write: Peer.Write, from the call to the caller having the
+//     completion (post, flush, hand-back);
+//   - notify: a notification's round trip, echoed back by the other agent;
+//   - push: a push on request's round trip, as a generation worker asks a
+//     context worker for its KV: a Notify carrying a PushRequest, the other
+//     agent's answer (a write and a notification with checksums, the
+//     context worker's path) and the asker's WaitNotification.
+//
+// Both are latencies: each call waits for the previous one.
+func (s Suite) BenchLatency(b *testing.B) {
+	s.Require(b)
+	const bb = 4096
+	newAgent := func(name string, r transceiver.Region) transceiver.Transceiver {
+		a, err := s.New(transceiver.Config{Name: name, KVTransferTimeoutMs: 5000})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = a.Close() })
+		if err := a.Register(r); err != nil {
+			b.Fatal(err)
+		}
+		return a
+	}
+	ctx := context.Background()
+	src, dst := NewHostRegion(b, bb, 4), NewHostRegion(b, bb, 4)
+	FillRandom(src, 5)
+	asker, holder := newAgent("bench-asker", dst), newAgent("bench-holder", src)
+	holderInfo, err := holder.LocalInfo()
+	if err != nil {
+		b.Fatal(err)
+	}
+	askerInfo, err := asker.LocalInfo()
+	if err != nil {
+		b.Fatal(err)
+	}
+	toHolder, err := asker.Connect(ctx, holderInfo)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = toHolder.Close() })
+
+	b.Run("write", func(b *testing.B) {
+		tr := transceiver.Transfer{Pairs: []transceiver.BlockPair{{Local: 0, Remote: 1}}}
+		if err := toHolder.Write(ctx, tr); err != nil {
+			b.Fatal(err)
+		}
+		for b.Loop() {
+			if err := toHolder.Write(ctx, tr); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+
+	b.Run("notify", func(b *testing.B) {
+		nt, ok := toHolder.(transceiver.Notifier)
+		if !ok {
+			b.Skipf("%s peers cannot notify", asker.Backend())
+		}
+		toAsker, err := holder.Connect(ctx, askerInfo)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer toAsker.Close()
+		back := toAsker.(transceiver.Notifier)
+		sctx, stop := context.WithCancel(ctx)
+		defer stop()
+		const first = 1 << 40
+		echoed := make(chan error, 1)
+		go func() {
+			for id := uint64(first); ; id++ {
+				n, err := holder.(transceiver.Waiter).WaitNotification(sctx, id)
+				if err == nil && n.Err != "" {
+					echoed <- nil
+					return
+				}
+				if err == nil {
+					err = back.Notify(sctx, n)
+				}
+				if err != nil {
+					echoed <- err
+					return
+				}
+			}
+		}()
+		id := uint64(first)
+		ping := func() error {
+			n := transceiver.Notification{RequestID: id, Blocks: []int32{1}}
+			id++
+			if err := nt.Notify(ctx, n); err != nil {
+				return err
+			}
+			_, err := asker.(transceiver.Waiter).WaitNotification(ctx, n.RequestID)
+			return err
+		}
+		for b.Loop() {
+			if err := ping(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := nt.Notify(ctx, transceiver.Notification{RequestID: id, Err: "end of run"}); err != nil {
+			b.Fatal(err)
+		}
+		if err := <-echoed; err != nil {
+			b.Fatalf("echo: %v", err)
+		}
+	})
+
+	b.Run("push", func(b *testing.B) {
+		nt, ok := toHolder.(transceiver.Notifier)
+		if !ok {
+			b.Skipf("%s peers cannot notify", asker.Backend())
+		}
+		sctx, stop := context.WithCancel(ctx)
+		defer stop()
+		const first = 1 << 30
+		served := make(chan error, 1)
+		go func() {
+			peers := map[string]transceiver.Peer{}
+			defer func() {
+				for _, p := range peers {
+					_ = p.Close()
+				}
+			}()
+			var err error
+			for id := uint64(first); err == nil; id++ {
+				err = servePush(sctx, holder, src, id, peers)
+			}
+			served <- err
+		}()
+		id := uint64(first)
+		ask := func() error {
+			req := transceiver.Notification{RequestID: id, Blocks: []int32{2},
+				Push: &transceiver.PushRequest{Src: []int32{3}, Info: askerInfo, Budget: 5 * time.Second}}
+			id++
+			if err := nt.Notify(ctx, req); err != nil {
+				return err
+			}
+			n, err := asker.(transceiver.Waiter).WaitNotification(ctx, req.RequestID)
+			if err == nil && n.Err != "" {
+				err = errors.New(n.Err)
+			}
+			return err
+		}
+		if err := ask(); err != nil {
+			b.Fatal(err)
+		}
+		for b.Loop() {
+			if err := ask(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		// A notification that is not a push request ends the server.
+		if err := nt.Notify(ctx, transceiver.Notification{RequestID: id, Err: "end of run"}); err != nil {
+			b.Fatal(err)
+		}
+		if err := <-served; !errors.Is(err, errNotPush) {
+			b.Fatalf("push server: %v", err)
+		}
+	})
+}
