@@ -106,6 +106,9 @@ type Pool struct {
 	free  []int32 // stack of free block ids; may hold stale ids (taken as part of a run), skipped on pop
 	nfree int     // exact count of free blocks
 	inUse []bool
+	// freeBits has bit b%64 of word b/64 set while block b is free: the
+	// run search skips 64 used (or free) blocks at a time.
+	freeBits []uint64
 }
 
 // NewPool makes a pool of numBlocks blocks over mem, which must hold at least
@@ -120,7 +123,11 @@ func NewPool(layout Layout, numBlocks int, mem Memory) (*Pool, error) {
 	if need := numBlocks * layout.BlockBytes(); mem.Size() < need {
 		return nil, fmt.Errorf("kvcache: memory of %d bytes is smaller than %d blocks of %d bytes", mem.Size(), numBlocks, layout.BlockBytes())
 	}
-	p := &Pool{layout: layout, mem: mem, n: numBlocks, free: make([]int32, numBlocks), nfree: numBlocks, inUse: make([]bool, numBlocks)}
+	p := &Pool{layout: layout, mem: mem, n: numBlocks, free: make([]int32, numBlocks), nfree: numBlocks, inUse: make([]bool, numBlocks),
+		freeBits: make([]uint64, (numBlocks+63)/64)}
+	for b := range numBlocks {
+		p.freeBits[b/64] |= 1 << (b % 64)
+	}
 	// Pop order gives ascending ids, so fresh allocations are adjacent.
 	for i := range p.free {
 		p.free[i] = int32(numBlocks - 1 - i)
@@ -179,7 +186,7 @@ func (p *Pool) Alloc(n int) ([]int32, error) {
 		if start := p.firstRunLocked(n); start >= 0 {
 			for i := range out {
 				out[i] = int32(start + i)
-				p.inUse[start+i] = true
+				p.take(start + i)
 			}
 			p.nfree -= n
 			return out, nil
@@ -191,7 +198,7 @@ func (p *Pool) Alloc(n int) ([]int32, error) {
 		if p.inUse[b] {
 			continue // stale: taken as part of a run
 		}
-		p.inUse[b] = true
+		p.take(int(b))
 		out[i] = b
 		i++
 	}
@@ -200,16 +207,36 @@ func (p *Pool) Alloc(n int) ([]int32, error) {
 	return out, nil
 }
 
+// take marks block b in use; p.mu held.
+func (p *Pool) take(b int) {
+	p.inUse[b] = true
+	p.freeBits[b/64] &^= 1 << (b % 64)
+}
+
 // firstRunLocked returns the lowest start of n adjacent free blocks, or -1.
+// Bits past the last block are never set, so runs end there.
 func (p *Pool) firstRunLocked(n int) int {
 	run := 0
-	for i, used := range p.inUse {
-		if used {
+	for w, word := range p.freeBits {
+		switch word {
+		case 0:
 			run = 0
 			continue
+		case ^uint64(0):
+			if run+64 >= n {
+				return w*64 - run
+			}
+			run += 64
+			continue
 		}
-		if run++; run == n {
-			return i - n + 1
+		for bit := 0; bit < 64; bit++ {
+			if word&(1<<bit) == 0 {
+				run = 0
+				continue
+			}
+			if run++; run == n {
+				return w*64 + bit - n + 1
+			}
 		}
 	}
 	return -1
@@ -225,6 +252,7 @@ func (p *Pool) Free(blocks []int32) {
 			panic(fmt.Sprintf("kvcache: free of block %d that is not in use", b))
 		}
 		p.inUse[b] = false
+		p.freeBits[b/64] |= 1 << (b % 64)
 		p.free = append(p.free, b)
 		p.nfree++
 	}

@@ -2,6 +2,7 @@ package kvcache
 
 import (
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"testing"
@@ -128,7 +129,15 @@ func TestNewPoolErrors(t *testing.T) {
 // one descriptor; single blocks and fragmented pools still get distinct free
 // ids, and the free count stays exact.
 func TestPoolAllocRuns(t *testing.T) {
-	const n = 97
+	// 97 blocks and runs of up to 9: runs within and across the index's
+	// 64-block words, and its partial last word; 1000 and up to 150: runs
+	// over whole words.
+	for _, c := range []struct{ n, maxRun int }{{97, 9}, {1000, 150}} {
+		t.Run(fmt.Sprintf("%d-blocks", c.n), func(t *testing.T) { testPoolAllocRuns(t, c.n, c.maxRun) })
+	}
+}
+
+func testPoolAllocRuns(t *testing.T, n, maxRun int) {
 	p, err := NewHostPool(tinyLayout(), n)
 	if err != nil {
 		t.Fatal(err)
@@ -162,7 +171,7 @@ func TestPoolAllocRuns(t *testing.T) {
 			frees++
 			continue
 		}
-		k := 1 + rng.IntN(9)
+		k := 1 + rng.IntN(maxRun)
 		want := lowestRun(k)
 		nfree := 0
 		for _, u := range used {
