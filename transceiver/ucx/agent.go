@@ -32,12 +32,13 @@ func init() {
 
 // Compile-time checks of the abilities an Agent and a Peer offer.
 var (
-	_ transceiver.Transceiver  = (*Agent)(nil)
-	_ transceiver.Waiter       = (*Agent)(nil)
-	_ transceiver.DeviceMemory = (*Agent)(nil)
-	_ transceiver.Peer         = (*Peer)(nil)
-	_ transceiver.Reader       = (*Peer)(nil)
-	_ transceiver.Notifier     = (*Peer)(nil)
+	_ transceiver.Transceiver   = (*Agent)(nil)
+	_ transceiver.Waiter        = (*Agent)(nil)
+	_ transceiver.DeviceMemory  = (*Agent)(nil)
+	_ transceiver.Peer          = (*Peer)(nil)
+	_ transceiver.Reader        = (*Peer)(nil)
+	_ transceiver.Notifier      = (*Peer)(nil)
+	_ transceiver.WriteNotifier = (*Peer)(nil)
 )
 
 // envWakeup, set to 0, makes the idle loop nap on a timer instead of
@@ -325,6 +326,21 @@ type op struct {
 	done    chan error
 	cleanup func()
 	what    string
+	// then, when set, posts the op's next step once every request so far
+	// has completed without error (a write's notification after its
+	// flush); loop goroutine only.
+	then func(o *op)
+}
+
+// advance runs o's next step while o has no requests in flight and no
+// error, and reports whether o is still going; loop goroutine only.
+func (o *op) advance() bool {
+	for len(o.reqs) == 0 && o.then != nil && o.err == nil && !o.aborted {
+		next := o.then
+		o.then = nil
+		next(o)
+	}
+	return len(o.reqs) > 0
 }
 
 // add records the status pointer of a posted operation: an immediate
@@ -381,7 +397,7 @@ func (a *Agent) pollOps() bool {
 			}
 		}
 		o.reqs = live
-		if len(o.reqs) > 0 {
+		if o.advance() {
 			kept = append(kept, o)
 			continue
 		}
@@ -418,7 +434,7 @@ func (a *Agent) start(ctx context.Context, p *Peer, what string, post func(o *op
 			return
 		}
 		post(o)
-		if len(o.reqs) == 0 {
+		if !o.advance() {
 			if o.cleanup != nil {
 				o.cleanup()
 			}
@@ -713,15 +729,28 @@ func (p *Peer) Name() string { return p.name }
 // Write pushes blocks to the peer (ucp_put_nbx per coalesced run, then an
 // endpoint flush so the data is complete remotely).
 func (p *Peer) Write(ctx context.Context, t transceiver.Transfer) error {
-	return p.rma(ctx, t, true)
+	return p.rma(ctx, t, true, nil)
+}
+
+// WriteNotify is Write, then n sent as Notify sends it, in one operation
+// of the progress loop: the notification leaves when the flush completes,
+// without a round trip through the caller.
+func (p *Peer) WriteNotify(ctx context.Context, t transceiver.Transfer, n transceiver.Notification) error {
+	b, err := transceiver.EncodeNotification(n)
+	if err != nil {
+		return err
+	}
+	return p.rma(ctx, t, true, b)
 }
 
 // Read pulls the peer's blocks (ucp_get_nbx per coalesced run).
 func (p *Peer) Read(ctx context.Context, t transceiver.Transfer) error {
-	return p.rma(ctx, t, false)
+	return p.rma(ctx, t, false, nil)
 }
 
-func (p *Peer) rma(ctx context.Context, t transceiver.Transfer, write bool) error {
+// rma posts t's reads or writes; a write with notif sends it once the
+// write's flush has completed.
+func (p *Peer) rma(ctx context.Context, t transceiver.Transfer, write bool, notif []byte) error {
 	a := p.a
 	a.mu.Lock()
 	registered, region := a.registered, a.region
@@ -775,7 +804,25 @@ func (p *Peer) rma(ctx context.Context, t transceiver.Transfer, write bool) erro
 		if write {
 			o.add(C.dxu_ep_flush(p.ep))
 		}
+		if notif != nil {
+			buf := C.CBytes(notif)
+			o.cleanup = func() { C.free(buf) }
+			o.then = func(o *op) { p.sendNotification(o, buf, len(notif)) }
+		}
 	})
+}
+
+// sendNotification posts an encoded notification as an eager active
+// message into o; loop goroutine only.
+func (p *Peer) sendNotification(o *op, buf unsafe.Pointer, n int) {
+	if err := p.usable(); err != nil {
+		o.err = err
+		return
+	}
+	o.add(C.dxu_am_send(p.ep, amNotify, buf, C.size_t(n)))
+	if o.err != nil {
+		o.err = p.a.peerErr(p, o.err)
+	}
 }
 
 // Notify sends n to the peer as an eager active message.
@@ -794,14 +841,7 @@ func (p *Peer) Notify(ctx context.Context, n transceiver.Notification) error {
 	err = p.a.start(ctx, p, "notify", func(o *op) {
 		posted = true
 		o.cleanup = func() { C.free(buf) }
-		if err := p.usable(); err != nil {
-			o.err = err
-			return
-		}
-		o.add(C.dxu_am_send(p.ep, amNotify, buf, C.size_t(len(b))))
-		if o.err != nil {
-			o.err = p.a.peerErr(p, o.err)
-		}
+		p.sendNotification(o, buf, len(b))
 	})
 	if !posted {
 		C.free(buf)
