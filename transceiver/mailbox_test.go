@@ -24,19 +24,25 @@ func TestMailbox(t *testing.T) {
 		}
 		got <- n
 	}()
-	for {
-		m.mu.Lock()
-		_, waiting := m.waiters[2]
-		m.mu.Unlock()
-		if waiting {
-			break
-		}
+	if m.Waiting() {
+		t.Fatal("Waiting with nobody waiting")
+	}
+	for !m.Waiting() {
 		time.Sleep(time.Millisecond)
+	}
+	m.mu.Lock()
+	_, waiting := m.waiters[2]
+	m.mu.Unlock()
+	if !waiting {
+		t.Fatal("Waiting, but not for request 2")
 	}
 	if _, err := m.Wait(context.Background(), 2, never); err == nil {
 		t.Error("a second waiter for the same request was accepted")
 	}
 	m.Deliver(Notification{RequestID: 2})
+	if m.Waiting() {
+		t.Error("Waiting after the only waiter's notification was delivered")
+	}
 	if n := <-got; n.RequestID != 2 {
 		t.Fatalf("waiter got %+v", n)
 	}
