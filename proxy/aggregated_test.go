@@ -187,25 +187,7 @@ func TestAggregatedRetry(t *testing.T) {
 				for _, s := range tp.p.Servers(RoleAggregated) {
 					s.up.Store(true) // as if the failing one were up: the router picks it first
 				}
-				p := openai.CompletionNewParams{Model: fakeModel, Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String("Hi")}, MaxTokens: openai.Int(3)}
-				got := ""
-				if stream {
-					s := client.Completions.NewStreaming(testCtx(t), p)
-					for s.Next() {
-						for _, ch := range s.Current().Choices {
-							got += ch.Text
-						}
-					}
-					if s.Err() != nil {
-						t.Fatalf("stream: %v", s.Err())
-					}
-				} else {
-					out, err := client.Completions.New(testCtx(t), p)
-					if err != nil {
-						t.Fatal(err)
-					}
-					got = out.Choices[0].Text
-				}
+				got := completionText(t, client, stream, "failover")
 				if got != want {
 					t.Errorf("stream %v: %q, want %q", stream, got, want)
 				}

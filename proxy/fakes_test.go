@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/openai/openai-go/v3"
+
 	"disagg/api"
 )
 
@@ -393,4 +395,62 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// send makes one request to url (with `Authorization: Bearer key` when
+// key is set) and returns the status and the whole body.
+func send(t *testing.T, method, url, body, key string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, b
+}
+
+// openAIError decodes an OpenAI error body, failing the test when it is not one.
+func openAIError(t *testing.T, status int, body []byte) *api.Error {
+	t.Helper()
+	var e api.ErrorResponse
+	if err := json.Unmarshal(body, &e); err != nil || e.Error == nil {
+		t.Fatalf("status %d, body not an OpenAI error (%v): %s", status, err, body)
+	}
+	return e.Error
+}
+
+// completionText asks client for 3 tokens after "Hi", streamed or not, and
+// returns the text; an error the client sees fails the test with what.
+func completionText(t *testing.T, client openai.Client, stream bool, what string) string {
+	t.Helper()
+	p := openai.CompletionNewParams{Model: fakeModel, Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String("Hi")}, MaxTokens: openai.Int(3)}
+	if !stream {
+		out, err := client.Completions.New(testCtx(t), p)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		return out.Choices[0].Text
+	}
+	s := client.Completions.NewStreaming(testCtx(t), p)
+	got := ""
+	for s.Next() {
+		for _, ch := range s.Current().Choices {
+			got += ch.Text
+		}
+	}
+	if s.Err() != nil {
+		t.Fatalf("%s (stream): %v", what, s.Err())
+	}
+	return got
 }

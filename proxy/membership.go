@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"fmt"
@@ -302,20 +301,6 @@ func (g *registry) expire() {
 	for k, m := range g.members {
 		if now.After(m.expires) {
 			g.dropLocked(k, fmt.Sprintf("no heartbeat for inactive_timeout_sec (%s)", g.timeout))
-		}
-	}
-}
-
-// run expires members until ctx ends, checking several times per timeout.
-func (g *registry) run(ctx context.Context) {
-	t := time.NewTicker(min(max(g.timeout/8, 50*time.Millisecond), time.Second))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			g.expire()
 		}
 	}
 }

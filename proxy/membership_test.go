@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"encoding/json"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"disagg/api"
 	cw "disagg/worker/cluster"
 )
 
@@ -81,23 +79,11 @@ func joinClient(t *testing.T, tp *testProxy, f *fakeWorker, role, key string) *c
 // health is the proxy's /health status and error message.
 func health(t *testing.T, tp *testProxy) (int, string) {
 	t.Helper()
-	resp, err := http.Get(tp.srv.URL + "/health")
-	if err != nil {
-		t.Fatal(err)
+	status, body := send(t, http.MethodGet, tp.srv.URL+"/health", "", "")
+	if status != http.StatusOK {
+		return status, openAIError(t, status, body).Message
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var e api.ErrorResponse
-	if resp.StatusCode != http.StatusOK {
-		if err := json.Unmarshal(body, &e); err != nil || e.Error == nil {
-			t.Fatalf("/health %d: not an OpenAI error: %s", resp.StatusCode, body)
-		}
-		return resp.StatusCode, e.Error.Message
-	}
-	return resp.StatusCode, ""
+	return status, ""
 }
 
 func urls(ss []*Server) []string {
@@ -110,21 +96,8 @@ func urls(ss []*Server) []string {
 
 func complete(t *testing.T, tp *testProxy) int {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, tp.srv.URL+"/v1/completions",
-		strings.NewReader(`{"model":"`+fakeModel+`","prompt":"hello","max_tokens":4}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+clusterKey)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode
+	status, _ := send(t, http.MethodPost, tp.srv.URL+"/v1/completions", `{"model":"`+fakeModel+`","prompt":"hello","max_tokens":4}`, clusterKey)
+	return status
 }
 
 // TestClusterMembership: /health is 503 until minimal_instances of each
@@ -214,18 +187,8 @@ func TestClusterMembership(t *testing.T) {
 
 func heartbeat(t *testing.T, tp *testProxy, key string, want int) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, tp.srv.URL+cw.PathExpire+"?ttl=3&key="+url.QueryEscape(key), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+clusterKey)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != want {
-		t.Errorf("heartbeat %s = %d, want %d", key, resp.StatusCode, want)
+	if status, _ := send(t, http.MethodGet, tp.srv.URL+cw.PathExpire+"?ttl=3&key="+url.QueryEscape(key), "", clusterKey); status != want {
+		t.Errorf("heartbeat %s = %d, want %d", key, status, want)
 	}
 }
 
@@ -296,28 +259,10 @@ func TestClusterBadRegistrations(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			req, err := http.NewRequest(tc.method, tp.srv.URL+tc.path, strings.NewReader(tc.body))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if tc.auth != "" {
-				req.Header.Set("Authorization", "Bearer "+tc.auth)
-			}
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
-			var e api.ErrorResponse
-			if err := json.NewDecoder(resp.Body).Decode(&e); err != nil || e.Error == nil {
-				t.Fatalf("status %d, body not an OpenAI error: %v", resp.StatusCode, err)
-			}
-			param := ""
-			if e.Error.Param != nil {
-				param = *e.Error.Param
-			}
-			if resp.StatusCode != tc.status || param != tc.param || !strings.Contains(e.Error.Message, tc.msg) {
-				t.Errorf("got %d param %q %q; want %d param %q containing %q", resp.StatusCode, param, e.Error.Message, tc.status, tc.param, tc.msg)
+			status, body := send(t, tc.method, tp.srv.URL+tc.path, tc.body, tc.auth)
+			e := openAIError(t, status, body)
+			if param := deref(e.Param); status != tc.status || param != tc.param || !strings.Contains(e.Message, tc.msg) {
+				t.Errorf("got %d param %q %q; want %d param %q containing %q", status, param, e.Message, tc.status, tc.param, tc.msg)
 			}
 		})
 	}
@@ -334,22 +279,9 @@ func TestClusterTrtllmValue(t *testing.T) {
 	body := `{"key":"` + key + `","value":"{\"worker_id\": \"GENERATION-127.0.0.1:9-1\", \"host\": \"127.0.0.1\", \"port\": 9, \"role\": 1}","expire_time":-1,"ttl":3,"overwrite_if_exists":false}`
 	do := func(method, path, body string, want int) []byte {
 		t.Helper()
-		req, err := http.NewRequest(method, tp.srv.URL+path, strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Authorization", "Bearer "+clusterKey)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if resp.StatusCode != want {
-			t.Fatalf("%s %s = %d %s, want %d", method, path, resp.StatusCode, b, want)
+		status, b := send(t, method, tp.srv.URL+path, body, clusterKey)
+		if status != want {
+			t.Fatalf("%s %s = %d %s, want %d", method, path, status, b, want)
 		}
 		return b
 	}

@@ -151,21 +151,25 @@ func (p *Proxy) CheckNow(ctx context.Context) {
 // stops answering is marked down before a request finds out.
 func (p *Proxy) Start(ctx context.Context) {
 	if p.reg != nil {
-		go p.reg.run(ctx)
+		// several times per inactive_timeout_sec
+		go every(ctx, min(max(p.reg.timeout/8, 50*time.Millisecond), time.Second), p.reg.expire)
 	}
 	p.CheckNow(ctx)
-	go func() {
-		t := time.NewTicker(secs(p.cfg.HealthCheckIntervalSec))
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				p.CheckNow(ctx)
-			}
+	go every(ctx, secs(p.cfg.HealthCheckIntervalSec), func() { p.CheckNow(ctx) })
+}
+
+// every calls f every d until ctx ends.
+func every(ctx context.Context, d time.Duration, f func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f()
 		}
-	}()
+	}
 }
 
 // nextDisaggID is a request id unique across the proxy's requests: the node

@@ -353,25 +353,7 @@ func TestHandoffFailureRePrefills(t *testing.T) {
 		c := newCluster(t, func(cfg *Config) { f := false; cfg.StreamFirstTokenFromContext = &f })
 		c.gen.mode.Store(modeHandoff)
 		want, _ := fakeText(3)
-		params := openai.CompletionNewParams{Model: fakeModel, Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String("Hi")}, MaxTokens: openai.Int(3)}
-		var got string
-		if stream {
-			s := c.client.Completions.NewStreaming(testCtx(t), params)
-			for s.Next() {
-				for _, ch := range s.Current().Choices {
-					got += ch.Text
-				}
-			}
-			if s.Err() != nil {
-				t.Fatalf("stream: %v", s.Err())
-			}
-		} else {
-			out, err := c.client.Completions.New(testCtx(t), params)
-			if err != nil {
-				t.Fatalf("handoff failure reached the client: %v", err)
-			}
-			got = out.Choices[0].Text
-		}
+		got := completionText(t, c.client, stream, "handoff failure reached the client")
 		if got != want {
 			t.Errorf("stream %v: text %q, want %q", stream, got, want)
 		}
@@ -487,32 +469,18 @@ func TestBadRequests(t *testing.T) {
 		{"wrong method", "GET", "/v1/completions", ``, "secret", 405, "", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			req, err := http.NewRequest(tc.method, c.tp.srv.URL+tc.path, strings.NewReader(tc.body))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if tc.key != "" {
-				req.Header.Set("Authorization", "Bearer "+tc.key)
-			}
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
-			var er api.ErrorResponse
-			if err := json.NewDecoder(resp.Body).Decode(&er); err != nil || er.Error == nil {
-				t.Fatalf("status %d, body not an OpenAI error: %v", resp.StatusCode, err)
-			}
+			status, body := send(t, tc.method, c.tp.srv.URL+tc.path, tc.body, tc.key)
+			e := openAIError(t, status, body)
 			got := struct {
 				Status      int
 				Param, Code string
-			}{resp.StatusCode, deref(er.Error.Param), deref(er.Error.Code)}
+			}{status, deref(e.Param), deref(e.Code)}
 			want := struct {
 				Status      int
 				Param, Code string
 			}{tc.status, tc.param, tc.code}
 			if diff := cmp.Diff(want, got); diff != "" {
-				t.Errorf("(-want +got):\n%s\n%s", diff, er.Error.Message)
+				t.Errorf("(-want +got):\n%s\n%s", diff, e.Message)
 			}
 		})
 	}
@@ -620,15 +588,7 @@ func TestMetrics(t *testing.T) {
 // metricValue scrapes /metrics for one series.
 func metricValue(t *testing.T, tp *testProxy, series string) string {
 	t.Helper()
-	resp, err := http.Get(tp.srv.URL + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, b := send(t, http.MethodGet, tp.srv.URL+"/metrics", "", "")
 	for _, line := range strings.Split(string(b), "\n") {
 		if v, ok := strings.CutPrefix(line, series+" "); ok {
 			return v

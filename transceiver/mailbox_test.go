@@ -16,6 +16,9 @@ func TestMailbox(t *testing.T) {
 		t.Fatalf("early notification: %+v %v", n, err)
 	}
 	// Waiter first.
+	if m.Waiting() {
+		t.Fatal("Waiting with nobody waiting")
+	}
 	got := make(chan Notification, 1)
 	go func() {
 		n, err := m.Wait(context.Background(), 2, never)
@@ -24,9 +27,6 @@ func TestMailbox(t *testing.T) {
 		}
 		got <- n
 	}()
-	if m.Waiting() {
-		t.Fatal("Waiting with nobody waiting")
-	}
 	for !m.Waiting() {
 		time.Sleep(time.Millisecond)
 	}

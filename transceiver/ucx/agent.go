@@ -294,14 +294,20 @@ func (a *Agent) loop(ready chan<- error) {
 
 // do runs fn on the loop goroutine and waits for it.
 func (a *Agent) do(fn func() error) error {
+	errc := make(chan error, 1)
+	return a.submit(func() { errc <- fn() }, errc)
+}
+
+// submit hands f to the loop and waits for the answer f (or what it
+// starts) sends on done; ErrClosed when the agent is closed or closes
+// first.
+func (a *Agent) submit(f func(), done <-chan error) error {
 	a.mu.Lock()
 	closed := a.closed
 	a.mu.Unlock()
 	if closed {
 		return transceiver.ErrClosed
 	}
-	errc := make(chan error, 1)
-	f := func() { errc <- fn() }
 	select {
 	case a.work <- f:
 		a.wake()
@@ -309,10 +315,16 @@ func (a *Agent) do(fn func() error) error {
 		return transceiver.ErrClosed
 	}
 	select {
-	case err := <-errc:
+	case err := <-done:
 		return err
 	case <-a.loopDone:
-		return transceiver.ErrClosed
+		// the loop may have answered just before it ended
+		select {
+		case err := <-done:
+			return err
+		default:
+			return transceiver.ErrClosed
+		}
 	}
 }
 
@@ -420,15 +432,9 @@ func (a *Agent) pollOps() bool {
 // the caller's memory may be reused once start returns.
 func (a *Agent) start(ctx context.Context, p *Peer, what string, post func(o *op)) error {
 	o := &op{ctx: ctx, peer: p, done: make(chan error, 1), what: what}
-	a.mu.Lock()
-	closed := a.closed
-	a.mu.Unlock()
-	if closed {
-		return transceiver.ErrClosed
-	}
 	// One hand-off each way: the loop posts the operation and, when it
 	// completes, answers on o.done (no separate wait for the posting).
-	f := func() {
+	return a.submit(func() {
 		if a.stopping {
 			o.done <- transceiver.ErrClosed
 			return
@@ -442,25 +448,7 @@ func (a *Agent) start(ctx context.Context, p *Peer, what string, post func(o *op
 			return
 		}
 		a.ops = append(a.ops, o)
-	}
-	select {
-	case a.work <- f:
-		a.wake()
-	case <-a.loopDone:
-		return transceiver.ErrClosed
-	}
-	select {
-	case err := <-o.done:
-		return err
-	case <-a.loopDone:
-		// the loop may have answered just before it ended
-		select {
-		case err := <-o.done:
-			return err
-		default:
-			return transceiver.ErrClosed
-		}
-	}
+	}, o.done)
 }
 
 // Register maps the region with UCX (host or CUDA memory type), packs its
