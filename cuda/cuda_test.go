@@ -15,7 +15,9 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -447,7 +449,20 @@ func TestBench(t *testing.T) {
 	}
 	dir, _, _ := loadShape(t)
 	const ctxLen = 1024
-	batches := []int{1, 8, 32, 256}
+	// DCU_BENCH_BATCHES=1 (say) times only those batches and no prefill: a
+	// quick look at one knob
+	batches, quick := []int{1, 8, 32, 256}, os.Getenv("DCU_BENCH_BATCHES") != ""
+	if quick {
+		batches = nil
+		for _, f := range strings.Split(os.Getenv("DCU_BENCH_BATCHES"), ",") {
+			b, err := strconv.Atoi(f)
+			if err != nil || b < 1 || b > 256 {
+				t.Fatalf("DCU_BENCH_BATCHES: %q is not a batch size from 1 to 256", f)
+			}
+			batches = append(batches, b)
+		}
+	}
+	nseq := slices.Max(batches)
 	blocksPerSeq := (ctxLen + 1 + tpb - 1) / tpb
 	r := newRig(t, dir, 256*blocksPerSeq+2*(2048/tpb)+8)
 	ctx := context.Background()
@@ -479,12 +494,12 @@ func TestBench(t *testing.T) {
 		return ids
 	}
 	// Prefill 256 sequences of ctxLen tokens (16 per step), kept for decode.
-	seqs := make([]compute.Seq, 256)
+	seqs := make([]compute.Seq, nseq)
 	for i := range seqs {
 		seqs[i] = compute.Seq{Tokens: randIDs(ctxLen), Blocks: r.alloc(t, ctxLen+1), Logits: compute.LogitsLast}
 	}
 	for i := 0; i < len(seqs); i += 16 {
-		if _, err := r.be.Greedy(ctx, &compute.Batch{Seqs: seqs[i : i+16]}); err != nil {
+		if _, err := r.be.Greedy(ctx, &compute.Batch{Seqs: seqs[i:min(i+16, len(seqs))]}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -514,13 +529,16 @@ func TestBench(t *testing.T) {
 		tps, tpsg := float64(B)/d.Seconds(), float64(B)/dg.Seconds()
 		res[fmt.Sprintf("decode_b%d_nograph_tps", B)] = tps
 		res[fmt.Sprintf("decode_b%d_wall_tps", B)] = float64(B) / wall.Seconds()
-		if B == 1 || B == 256 {
+		if (B == 1 || B == 256) && !quick {
 			profile(t, r.be, fmt.Sprintf("decode b%d", B), batch)
 		}
 		emit(fmt.Sprintf("decode_b%d_tps", B), tpsg, "decode batch %3d ctx %d: graph %.3f ms/step %.0f tokens/s (%.0f%% of the batch-1 roofline) | no graph %.3f ms/step %.0f tokens/s | Go API wall (graph, argmax copy) %.3f ms/step %.0f tokens/s",
 			B, ctxLen, dg.Seconds()*1e3, tpsg, 100*tpsg/roof, d.Seconds()*1e3, tps, wall.Seconds()*1e3, float64(B)/wall.Seconds())
 	}
 	for _, n := range []int{512, 2048} {
+		if quick {
+			break
+		}
 		blocks := r.alloc(t, n)
 		batch := &compute.Batch{Seqs: []compute.Seq{{Tokens: randIDs(n), Blocks: blocks, Logits: compute.LogitsLast}}}
 		d, err := r.be.TimeStep(ctx, batch, 5, false)

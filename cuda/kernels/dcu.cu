@@ -1008,8 +1008,14 @@ __global__ void __launch_bounds__(128) attn_mma_dec_kernel(const float *__restri
 }
 
 // Combine the splits: out[t][h*D+d] = sum_s acc_s e^{m_s-M} / sum_s l_s e^{m_s-M}.
+// One thread per d (blockDim >= D).
+// WIDE (small grids: decode steps): the splits are taken 16 at a time with
+// every load of a group issued before the first is used, so the combine
+// costs about one trip to memory per group (it is on the critical path of
+// every decode step), with the running sums rescaled between groups. Its
+// registers cost occupancy, so large grids (prefill) loop split by split.
 // PDL: launched with programmatic dependent launch (the fused decode path).
-template <bool PDL>
+template <bool PDL, bool WIDE>
 __global__ void attn_reduce_kernel(const int32_t *__restrict__ pos, const float *__restrict__ pacc,
                                    const float *__restrict__ pm, const float *__restrict__ pl, int nh, int D,
                                    int P, int nsplit, __nv_bfloat16 *__restrict__ out) {
@@ -1017,19 +1023,48 @@ __global__ void attn_reduce_kernel(const int32_t *__restrict__ pos, const float 
 		pdl_trigger();
 		pdl_wait();
 	}
-	int t = blockIdx.x, h = blockIdx.y;
-	int ns = pos[t] / P + 1;
-	size_t base = ((size_t)t * nh + h) * nsplit;
-	float M = -INFINITY;
-	for (int s = 0; s < ns; s++) M = fmaxf(M, pm[base + s]);
-	float L = 0.f;
-	for (int s = 0; s < ns; s++) L += pl[base + s] * __expf(pm[base + s] - M);
-	float inv = 1.f / L;
-	for (int d = threadIdx.x; d < D; d += blockDim.x) {
-		float a = 0.f;
-		for (int s = 0; s < ns; s++) a += pacc[(base + s) * D + d] * __expf(pm[base + s] - M);
-		out[((size_t)t * nh + h) * D + d] = __float2bfloat16(a * inv);
+	constexpr int NB = WIDE ? 16 : 1;
+	const int t = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
+	const int ns = pos[t] / P + 1;
+	const size_t base = ((size_t)t * nh + h) * nsplit;
+	if (!WIDE) {
+		float M = -INFINITY;
+		for (int s = 0; s < ns; s++) M = fmaxf(M, pm[base + s]);
+		float L = 0.f, a = 0.f;
+		for (int s = 0; s < ns; s++) {
+			const float w = __expf(pm[base + s] - M);
+			L += pl[base + s] * w;
+			if (d < D) a += pacc[(base + s) * D + d] * w;
+		}
+		if (d < D) out[((size_t)t * nh + h) * D + d] = __float2bfloat16(a / L);
+		return;
 	}
+	float M = -INFINITY, L = 0.f, a = 0.f;
+	for (int s0 = 0; s0 < ns; s0 += NB) {
+		float mv[NB], lv[NB], av[NB];
+#pragma unroll
+		for (int j = 0; j < NB; j++) {
+			const int s = s0 + j;
+			const bool ok = s < ns;
+			mv[j] = ok ? pm[base + s] : -INFINITY;
+			lv[j] = ok ? pl[base + s] : 0.f;
+			av[j] = ok && d < D ? pacc[(base + s) * D + d] : 0.f;
+		}
+		float Mn = M;
+#pragma unroll
+		for (int j = 0; j < NB; j++) Mn = fmaxf(Mn, mv[j]);
+		const float c = __expf(M - Mn); // 0 on the first group (M = -inf, Mn finite: split 0 holds key 0)
+		L *= c;
+		a *= c;
+#pragma unroll
+		for (int j = 0; j < NB; j++) {
+			const float w = __expf(mv[j] - Mn);
+			L += lv[j] * w;
+			a += av[j] * w;
+		}
+		M = Mn;
+	}
+	if (d < D) out[((size_t)t * nh + h) * D + d] = __float2bfloat16(a / L);
 }
 
 // act[t][i] = bf16(silu(gu[t][i]) * gu[t][I+i]); grid (ceil(I/256), T)
@@ -1578,6 +1613,7 @@ struct dcu_model {
 	// (O, Down, LM head: DCU_FG_B1) and two-row units (QKV, Gate/Up:
 	// DCU_FG_B2), 2|4|8; blocks per SM (DCU_FG_OCC, 0: all that fit)
 	int fg_b1, fg_b2, fg_occ;
+	int skip;     // DCU_DIAG_SKIP: kernels of the fused path left out, for timing only (results are wrong)
 	int fg_split; // bit 1: QKV, bit 2: Gate/Up, bit 4: O and Down: two warps per unit (DCU_FG_SPLIT)
 	std::vector<cudaEvent_t> prof_ev;
 	std::vector<int> prof_kind;
@@ -1730,6 +1766,7 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 		m->fg_b2 = b2 >= 8 ? 8 : b2 >= 4 ? 4 : 2;
 	}
 	m->fg_split = env_int("DCU_FG_SPLIT", 0, 0, 7);
+	m->skip = env_int("DCU_DIAG_SKIP", 0, 0, 127);
 	m->fg_occ = env_int("DCU_FG_OCC", 0, 0, 16);
 	CK(cudaEventCreate(&m->ev0));
 	CK(cudaEventCreate(&m->ev1));
@@ -1955,6 +1992,8 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 	fa.D = D;
 	fa.tpb = c.tokens_per_block;
 	const int pdl = m->pdl && !m->prof_on;
+	// DCU_DIAG_SKIP, to time a kernel by leaving it out: 1 QKV, 2 attention, 4 combine, 8 O, 16 Gate/Up, 32 Down, 64 LM head
+	const int skip = fused ? m->skip : 0;
 	for (int l = 0; l < c.layers; l++) {
 		Layer &L = m->layers[l];
 		__nv_bfloat16 *kv_layer = m->kv + (size_t)l * 2 * plane;
@@ -1966,7 +2005,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.out = (int)qkv_dim(c);
 			fa.in = H;
 			fa.kv_layer = kv_layer;
-			CK(fg_launch<FG_ROPE>(T, fa, m->sms, m->fg_b2, m->fg_occ, pdl, s, m->fg_split & 1 ? 2 : 1));
+			if (!(skip & 1)) CK(fg_launch<FG_ROPE>(T, fa, m->sms, m->fg_b2, m->fg_occ, pdl, s, m->fg_split & 1 ? 2 : 1));
 			MARK(2);
 		} else {
 			rmsnorm_kernel<<<T, 256, 0, s>>>(m->x, nullptr, L.attn_norm, m->xn, H, c.eps);
@@ -1979,7 +2018,8 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			CKL();
 			MARK(3);
 		}
-		if (m->use_mma) {
+		if (skip & 2) {
+		} else if (m->use_mma) {
 			attn_mma_kernel<<<dim3(m->nt, nkv, nsplit), 32 * G, 0, s>>>(m->q, pos, btoff, tables, tile_first, tile_len,
 			                                                            kv_layer, block_stride, nh, nkv,
 			                                                            c.tokens_per_block, P, nsplit, scale, m->pacc,
@@ -2012,7 +2052,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 		}
 		CKL();
 		MARK(4);
-		{
+		if (!(skip & 4)) {
 			cudaLaunchConfig_t rc = {};
 			rc.gridDim = dim3(T, nh);
 			rc.blockDim = dim3(D < 32 ? 32 : (D > 256 ? 256 : D));
@@ -2022,7 +2062,11 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			at[0].val.programmaticStreamSerializationAllowed = 1;
 			rc.attrs = at;
 			rc.numAttrs = fused && pdl ? 1 : 0;
-			CK(cudaLaunchKernelEx(&rc, rc.numAttrs ? attn_reduce_kernel<true> : attn_reduce_kernel<false>, pos,
+			// the one-trip combine while the grid is small (decode), the loop otherwise
+			const bool wide = (size_t)T * nh <= (size_t)16 * m->sms;
+			auto rk = rc.numAttrs ? (wide ? attn_reduce_kernel<true, true> : attn_reduce_kernel<true, false>)
+			                      : (wide ? attn_reduce_kernel<false, true> : attn_reduce_kernel<false, false>);
+			CK(cudaLaunchKernelEx(&rc, rk, pos,
 			                      (const float *)m->pacc, (const float *)m->pm, (const float *)m->pl, nh, D, P, nsplit,
 			                      m->attn));
 		}
@@ -2034,7 +2078,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.out = H;
 			fa.in = nh * D;
 			fa.Y = m->x;
-			CK(fg_launch<FG_RESID>(T, fa, m->sms, m->fg_b1, m->fg_occ, pdl, s, m->fg_split & 4 ? 2 : 1));
+			if (!(skip & 8)) CK(fg_launch<FG_RESID>(T, fa, m->sms, m->fg_b1, m->fg_occ, pdl, s, m->fg_split & 4 ? 2 : 1));
 			MARK(6);
 			fa.W = L.gate_up;
 			fa.norm = L.mlp_norm;
@@ -2042,7 +2086,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.out = 2 * I;
 			fa.in = H;
 			fa.act = m->act;
-			CK(fg_launch<FG_SILU>(T, fa, m->sms, m->fg_b2, m->fg_occ, pdl, s, m->fg_split & 2 ? 2 : 1));
+			if (!(skip & 16)) CK(fg_launch<FG_SILU>(T, fa, m->sms, m->fg_b2, m->fg_occ, pdl, s, m->fg_split & 2 ? 2 : 1));
 			MARK(7);
 			fa.W = L.down;
 			fa.norm = nullptr;
@@ -2050,7 +2094,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.out = H;
 			fa.in = I;
 			fa.Y = m->x;
-			CK(fg_launch<FG_RESID>(T, fa, m->sms, m->fg_b1, m->fg_occ, pdl, s, m->fg_split & 4 ? 2 : 1));
+			if (!(skip & 32)) CK(fg_launch<FG_RESID>(T, fa, m->sms, m->fg_b1, m->fg_occ, pdl, s, m->fg_split & 4 ? 2 : 1));
 			MARK(9);
 			continue;
 		}
@@ -2086,7 +2130,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 		fa.out = V;
 		fa.in = H;
 		fa.Y = m->logits;
-		CK(fg_launch<FG_STORE>(R, fa, m->sms, m->fg_b1, m->fg_occ, pdl, s));
+		if (!(skip & 64)) CK(fg_launch<FG_STORE>(R, fa, m->sms, m->fg_b1, m->fg_occ, pdl, s));
 		MARK(10);
 	} else if (R > 0) {
 		rmsnorm_kernel<<<R, 256, 0, s>>>(m->x, rows, m->norm, m->xn, H, c.eps);

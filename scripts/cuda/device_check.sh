@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine, from the repo root, with
 # cuda/build/cuda.test built here by `scripts/cuda/build.sh test` and carried.
-#   scripts/cuda/device_check.sh [fixtures] [shape] [bench] [ab] [memcheck] [syslib] [sample] [transfer] [tune] [ncu] [ncu-gemv]   (default: fixtures shape bench memcheck syslib)
+#   scripts/cuda/device_check.sh [fixtures] [shape] [bench] [ab] [memcheck] [syslib] [sample] [transfer] [tune] [sweep] [ncu] [ncu-gemv]   (default: fixtures shape bench memcheck syslib)
 # Logs and JSON go to $OUT (or ./out/device).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -65,6 +65,15 @@ if has tune; then
     echo "-- $v"
     env $v DCU_REF=$SHAPE DCU_BENCH=1 timeout 60 "$T" -test.count=1 -test.run 'TestBench' 2>&1 | grep -E 'BENCH (decode|prefill)|PROFILE decode b256' | sed -E 's/\| no graph.*//'
   done
+fi
+if has sweep; then
+  # batch-1 decode only (DCU_BENCH_BATCHES), one line per setting in SWEEP
+  echo "== batch-1 decode under each setting of SWEEP"
+  for v in ${SWEEP:-"DCU_NO_FOLD=1" "DCU_NO_FOLD=0"}; do
+    printf '%-28s ' "$v"
+    env ${v//,/ } DCU_BENCH_BATCHES=${SWEEP_BATCHES:-1} DCU_REF=$SHAPE DCU_BENCH=1 timeout 60 "$T" -test.count=1 -test.run 'TestBench' 2>&1 | grep -E 'BENCH decode|FAIL|panic' | sed -E 's/\| no graph.*//; s/^BENCH //' | tr '\n' ' '
+    echo
+  done | tee "$OUT/sweep.txt"
 fi
 if has ncu; then
   echo "== ncu: one tiled attention launch of the 2048-token prefill (TestShapeModel)"
