@@ -21,6 +21,7 @@ import (
 	"unsafe"
 
 	"disagg/transceiver"
+	"disagg/transceiver/internal/cudamem"
 	"golang.org/x/sys/unix"
 )
 
@@ -472,6 +473,12 @@ func (a *Agent) Register(r transceiver.Region) error {
 	a.mu.Unlock()
 	var info []byte
 	err := a.do(func() error {
+		if r.Mem.Device() {
+			// the loop thread posts every transfer of this region
+			if err := cudamem.BindThread(r.Mem.Ptr()); err != nil {
+				slog.Warn("ucx: the progress loop runs without the region's CUDA context current", "err", err)
+			}
+		}
 		var memh C.dxucp_mem_h
 		if err := statusErr(C.dxu_mem_map(a.uctx, r.Mem.Ptr(), C.size_t(r.Bytes()), memType, &memh)); err != nil {
 			return fmt.Errorf("ucx: map %d bytes: %w", r.Bytes(), err)

@@ -25,6 +25,9 @@ typedef int (*freehost_fn)(void *p);
 typedef int (*sync_fn)(void);
 typedef int (*setdev_fn)(int dev);
 typedef int (*peer_fn)(int peer, unsigned flags);
+// cudaPointerAttributes as CUDA 12 and 13 lay it out (driver_types.h)
+typedef struct { int type; int device; void *dev; void *host; long reserved[8]; } ptr_attrs;
+typedef int (*attrs_fn)(ptr_attrs *a, const void *p);
 
 static struct {
 	void *lib;
@@ -38,6 +41,7 @@ static struct {
 	sync_fn sync;
 	setdev_fn setdev; // optional: two-GPU tests
 	peer_fn peer;     // optional: two-GPU tests
+	attrs_fn attrs;   // optional: BindThread
 } cu;
 
 static int cu_load(char *err, size_t errlen) {
@@ -56,6 +60,7 @@ static int cu_load(char *err, size_t errlen) {
 	*(void **)&cu.sync = dlsym(lib, "cudaDeviceSynchronize");
 	*(void **)&cu.setdev = dlsym(lib, "cudaSetDevice");
 	*(void **)&cu.peer = dlsym(lib, "cudaDeviceEnablePeerAccess");
+	*(void **)&cu.attrs = dlsym(lib, "cudaPointerGetAttributes");
 	if (!cu.cmalloc || !cu.cfree || !cu.cmemcpy || !cu.count || !cu.errstr || !cu.hostalloc || !cu.freehost || !cu.sync) {
 		snprintf(err, errlen, "libcudart lacks an entry point");
 		dlclose(lib);
@@ -78,6 +83,15 @@ static int cu_malloc_on(int dev, void **p, size_t n) {
 	if (e == 0) e = cu.cmalloc(p, n);
 	cu.setdev(0);
 	return e;
+}
+// make the context of p's device current on this thread (type 2: device memory)
+static int cu_bind(const void *p) {
+	if (!cu.setdev || !cu.attrs) return 1;
+	ptr_attrs a = {0};
+	int e = cu.attrs(&a, p);
+	if (e != 0) return e;
+	if (a.type != 2) return 1;
+	return cu.setdev(a.device);
 }
 static int cu_enable_peer(int dev) {
 	if (!cu.setdev || !cu.peer) return 1;
@@ -115,6 +129,18 @@ func Available() error {
 		}
 	})
 	return loadErr
+}
+
+// BindThread makes the CUDA context of the device that holds p current on
+// the calling OS thread (the caller keeps the thread locked). A thread that
+// calls into a CUDA-aware library for p's transfers (UCX's cuda_ipc) then
+// finds the context there instead of having the library look it up and
+// push it on every operation.
+func BindThread(p unsafe.Pointer) error {
+	if err := Available(); err != nil {
+		return err
+	}
+	return check(C.cu_bind(p), "bind this thread to the device of the region")
 }
 
 func check(e C.int, what string) error {

@@ -21,6 +21,9 @@ func Alloc(size int) (*Memory, error) { return nil, errNoCgo }
 // AllocOn always fails without cgo.
 func AllocOn(dev, size int) (*Memory, error) { return nil, errNoCgo }
 
+// BindThread always fails without cgo.
+func BindThread(p unsafe.Pointer) error { return errNoCgo }
+
 // EnablePeer always fails without cgo.
 func EnablePeer(dev int) error { return errNoCgo }
 
