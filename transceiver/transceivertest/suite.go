@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -713,16 +714,25 @@ func (s Suite) timePush(t *testing.T, p *pair, pairs []transceiver.BlockPair, re
 	return el
 }
 
-// timeReps runs f at least reps times and for at least half a second
-// (fast modes take microseconds) and returns the mean time of one run.
+// timeReps runs f for a tenth of a second untimed (the GPU leaves its idle
+// clocks, caches and mappings warm up), then at least reps times and for
+// at least half a second (fast modes take microseconds), and returns the
+// median time of one run.
 func timeReps(t *testing.T, reps int, f func() error) time.Duration {
 	t.Helper()
-	start := time.Now()
-	n := 0
-	for ; n < reps || time.Since(start) < 500*time.Millisecond; n++ {
+	for start := time.Now(); time.Since(start) < 100*time.Millisecond; {
 		if err := f(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return time.Since(start) / time.Duration(n)
+	var runs []time.Duration
+	for start := time.Now(); len(runs) < reps || time.Since(start) < 500*time.Millisecond; {
+		t0 := time.Now()
+		if err := f(); err != nil {
+			t.Fatal(err)
+		}
+		runs = append(runs, time.Since(t0))
+	}
+	slices.Sort(runs)
+	return runs[len(runs)/2]
 }
