@@ -49,8 +49,25 @@ typedef struct dxnixl_xfer_req_s *dxnixl_xfer_req_t;
 typedef struct dxnixl_notif_map_s *dxnixl_notif_map_t;
 typedef struct dxnixl_xfer_dlist_handle_s *dxnixl_xfer_dlist_handle_t;
 
+/* nixl_capi_agent_config_t: what an agent is created with
+ * (nixl_capi_create_configured_agent). thread_sync is
+ * nixl_capi_thread_sync_t (0 none, 1 strict, 2 rw); num_workers is not
+ * read by that release. */
+typedef struct {
+    bool enable_prog_thread;
+    bool enable_listen_thread;
+    int listen_port;
+    int thread_sync;
+    unsigned int num_workers;
+    uint64_t pthr_delay_us;
+    uint64_t lthr_delay_us;
+    bool capture_telemetry;
+} dxnixl_agent_config_t;
+
 /* Entry points, as function pointer types for dlsym. */
 typedef dxnixl_status_t (*dxnixl_create_agent_fn)(const char *name, dxnixl_agent_t *agent);
+typedef dxnixl_status_t (*dxnixl_create_configured_agent_fn)(const char *name, const dxnixl_agent_config_t *cfg,
+                                                            dxnixl_agent_t *agent);
 typedef dxnixl_status_t (*dxnixl_destroy_agent_fn)(dxnixl_agent_t agent);
 typedef dxnixl_status_t (*dxnixl_get_local_md_fn)(dxnixl_agent_t agent, void **data, size_t *len);
 typedef dxnixl_status_t (*dxnixl_load_remote_md_fn)(dxnixl_agent_t agent, const void *data, size_t len,

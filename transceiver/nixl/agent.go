@@ -52,6 +52,12 @@ var (
 	_ transceiver.WriteNotifier = (*Peer)(nil)
 )
 
+// envProgressThread, set to 1, gives each agent NIXL's own progress
+// thread as well. By default there is none: this agent's loop drives every
+// transfer and notification through its status and notification polls,
+// and no thread of NIXL's keeps a core busy (a tuning and diagnosis knob).
+const envProgressThread = "DISAGG_NIXL_PROGRESS_THREAD"
+
 const (
 	// idleWait is the loop's nap when nothing is expected: no transfer in
 	// flight, nobody waiting for a notification, no recent activity.
@@ -183,8 +189,16 @@ func (a *Agent) explainPlugin() string {
 func (a *Agent) setup() error {
 	name := C.CString(a.cfg.Name)
 	defer C.free(unsafe.Pointer(name))
-	if err := statusErr(C.dxn_create_agent(name, &a.agent)); err != nil {
+	want := C.int(0)
+	if os.Getenv(envProgressThread) == "1" {
+		want = 1
+	}
+	var threaded C.int
+	if err := statusErr(C.dxn_create_agent_threads(name, want, &a.agent, &threaded)); err != nil {
 		return fmt.Errorf("nixl: create agent %q: %w", a.cfg.Name, err)
+	}
+	if threaded != want {
+		a.log.Info("NIXL's progress thread is on: this libnixl_capi cannot create an agent without it", "symbol", "nixl_capi_create_configured_agent")
 	}
 	plugin := C.CString(a.plugin)
 	defer C.free(unsafe.Pointer(plugin))

@@ -11,7 +11,9 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"disagg/transceiver"
 	"disagg/transceiver/transceivertest"
@@ -77,15 +79,7 @@ func TestInProcessWithUCXBackend(t *testing.T) {
 	transceivertest.FillRandom(src, 1)
 	a := newAgent(t, "nixl-a", src)
 	b := newAgent(t, "nixl-b", dst)
-	info, err := b.LocalInfo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := a.Connect(ctx, info)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = p.Close() }()
+	p := transceivertest.Connect(t, a, b)
 	rng := rand.New(rand.NewPCG(1, 2))
 	check := func(pairs []transceiver.BlockPair, what string) {
 		t.Helper()
@@ -203,15 +197,7 @@ func TestLIBFABRICPlugin(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := newAgent(t, "lf-peer", transceivertest.NewHostRegion(t, 4096, 16))
-	info, err := b.LocalInfo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := a.Connect(context.Background(), info)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p := transceivertest.Connect(t, a, b)
 	transceivertest.FillRandom(src, 5)
 	pairs := []transceiver.BlockPair{{Local: 0, Remote: 3}, {Local: 1, Remote: 4}, {Local: 7, Remote: 0}}
 	if err := p.Write(context.Background(), transceiver.Transfer{Pairs: pairs}); err != nil {
@@ -276,3 +262,31 @@ func TestForgedRegionRejected(t *testing.T) {
 // BenchmarkLatency is the fixed cost of a one-block write and of a push on
 // request's round trip between two NIXL agents of one process (UCX plugin).
 func BenchmarkLatency(b *testing.B) { suite.BenchLatency(b) }
+
+// TestIdleAgentsLeaveTheCPU: two connected agents with nothing to do use
+// a small share of a core. NIXL's own progress thread (DISAGG_NIXL_PROGRESS_THREAD=1,
+// or a libnixl_capi without nixl_capi_create_configured_agent) busy-waits
+// and takes a whole core per agent, which fails this test.
+func TestIdleAgentsLeaveTheCPU(t *testing.T) {
+	requireNIXL(t)
+	src := transceivertest.NewHostRegion(t, 8192, 8)
+	dst := transceivertest.NewHostRegion(t, 8192, 8)
+	a := newAgent(t, "idle-a", src)
+	b := newAgent(t, "idle-b", dst)
+	transceivertest.Connect(t, a, b)
+	time.Sleep(200 * time.Millisecond) // past the loops' spin after activity
+	cpu := func() time.Duration {
+		var ru syscall.Rusage
+		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+			t.Fatal(err)
+		}
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	c0, w0 := cpu(), time.Now()
+	time.Sleep(time.Second)
+	share := float64(cpu()-c0) / float64(time.Since(w0))
+	t.Logf("two idle agents: %.0f%% of one core", 100*share)
+	if share > 0.5 {
+		t.Fatalf("two idle agents use %.0f%% of one core, want under 50%%: a progress thread spins", 100*share)
+	}
+}

@@ -61,6 +61,20 @@ int dxn_has(const char *name) {
 
 dxnixl_status_t dxn_create_agent(const char *name, dxnixl_agent_t *agent) { return n.create_agent(name, agent); }
 
+dxnixl_status_t dxn_create_agent_threads(const char *name, int prog_thread, dxnixl_agent_t *agent, int *threaded) {
+    if (n.create_configured_agent == NULL) {
+        *threaded = 1;
+        return n.create_agent(name, agent);
+    }
+    dxnixl_agent_config_t cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.enable_prog_thread = prog_thread != 0;
+    cfg.thread_sync = 0;          /* every call comes from the agent's one loop thread */
+    cfg.lthr_delay_us = 100000;   /* NIXL's default; no listener thread anyway */
+    *threaded = prog_thread != 0;
+    return n.create_configured_agent(name, &cfg, agent);
+}
+
 dxnixl_status_t dxn_destroy_agent(dxnixl_agent_t agent) { return n.destroy_agent(agent); }
 
 dxnixl_status_t dxn_plugins(dxnixl_agent_t agent, char *buf, size_t len) {

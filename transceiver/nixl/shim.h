@@ -22,7 +22,7 @@
 /* Optional ones: used when present. */
 #define DXN_OPTIONAL(X)                                                                   \
     X(is_stub) X(get_available_plugins) X(destroy_string_list) X(string_list_size)        \
-    X(string_list_get) X(agent_make_connection)
+    X(string_list_get) X(agent_make_connection) X(create_configured_agent)
 
 int dxn_load(const char *path, char *err, size_t errlen);
 int dxn_loaded(void);
@@ -33,6 +33,10 @@ int dxn_is_stub(void);
 int dxn_has(const char *name);
 
 dxnixl_status_t dxn_create_agent(const char *name, dxnixl_agent_t *agent);
+/* An agent without NIXL's own progress thread (prog_thread 0) where the
+ * library can create one so; *threaded tells whether the agent has the
+ * thread (the plain nixl_capi_create_agent always starts it). */
+dxnixl_status_t dxn_create_agent_threads(const char *name, int prog_thread, dxnixl_agent_t *agent, int *threaded);
 dxnixl_status_t dxn_destroy_agent(dxnixl_agent_t agent);
 /* Comma-separated plugin names into buf (truncated), or an error. */
 dxnixl_status_t dxn_plugins(dxnixl_agent_t agent, char *buf, size_t len);

@@ -1,6 +1,7 @@
 package transceivertest
 
 import (
+	"context"
 	"encoding/base64"
 	"fmt"
 	"math/rand/v2"
@@ -11,6 +12,22 @@ import (
 	"disagg/transceiver"
 	"disagg/worker/kvcache"
 )
+
+// Connect connects from to to's connection info; the peer closes when the
+// test ends.
+func Connect(t testing.TB, from, to transceiver.Transceiver) transceiver.Peer {
+	t.Helper()
+	info, err := to.LocalInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := from.Connect(context.Background(), info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	return p
+}
 
 // NewHostRegion allocates a host region of n blocks, freed at test end.
 func NewHostRegion(t testing.TB, blockBytes, n int) transceiver.Region {

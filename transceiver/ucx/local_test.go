@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"disagg/transceiver"
+	"disagg/transceiver/transceivertest"
 )
 
 func newAgent(t testing.TB, name string, r transceiver.Region, faultEvery int) *Agent {
@@ -30,20 +31,6 @@ func newAgent(t testing.TB, name string, r transceiver.Region, faultEvery int) *
 	return a
 }
 
-func connect(t *testing.T, from, to *Agent) transceiver.Peer {
-	t.Helper()
-	info, err := to.LocalInfo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := from.Connect(context.Background(), info)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.Close() })
-	return p
-}
-
 // TestInProcess moves blocks between two agents of one process.
 func TestInProcess(t *testing.T) {
 	requireUCX(t)
@@ -54,7 +41,7 @@ func TestInProcess(t *testing.T) {
 	fillRandom(dst, 2)
 	a := newAgent(t, "a", src, 0)
 	b := newAgent(t, "b", dst, 0)
-	p := connect(t, a, b)
+	p := transceivertest.Connect(t, a, b)
 	rng := rand.New(rand.NewPCG(3, 4))
 	ctx := context.Background()
 	for iter := 0; iter < 20; iter++ {
