@@ -24,13 +24,17 @@ import (
 
 // Backend runs model steps on one GPU: weights uploaded once as bf16, KV in
 // a device pool, one C call (dcu_forward) per step that enqueues every
-// kernel and GEMM of the step on the device's stream.
+// kernel and GEMM of the step on the device's stream. With a float32 pool it
+// runs in the fp32 mode instead: weights, GEMM inputs and KV in fp32 and the
+// plain kernels, whose results follow an fp32 reference to rounding (small
+// models and checks; much slower).
 type Backend struct {
 	dev    *Device
 	cfg    *model.Config
 	pool   *kvcache.Pool
 	layout kvcache.Layout
 	m      *C.dcu_model
+	f32    bool // the fp32 mode (a float32 pool)
 
 	ints   []int32
 	logits []float32
@@ -65,19 +69,23 @@ func NewDevicePool(dev *Device, layout kvcache.Layout, numBlocks int) (*kvcache.
 }
 
 // New uploads m's weights to the GPU that holds pool's memory (a *Memory of
-// this package, bf16 in LayoutFor's layout) and returns the backend. m may be
-// closed once New returns.
+// this package, in LayoutFor's layout with bf16 or float32 elements) and
+// returns the backend. m may be closed once New returns.
 func New(m *model.Model, pool *kvcache.Pool, opts Options) (*Backend, error) {
 	cfg := m.Config
 	mem, ok := pool.Memory().(*Memory)
 	if !ok || !pool.Memory().Device() {
 		return nil, fmt.Errorf("cuda: the KV pool must be in device memory from cuda.Device.Alloc, got %T", pool.Memory())
 	}
-	want := LayoutFor(cfg, pool.Layout().TokensPerBlock)
+	dt := pool.Layout().DType
+	if dt != kvcache.BFloat16 && dt != kvcache.Float32 {
+		return nil, fmt.Errorf("cuda: KV pool of %v elements: the CUDA backend takes bfloat16 or float32", dt)
+	}
+	want := LayoutFor(cfg, pool.Layout().TokensPerBlock, dt)
 	if pool.Layout() != want {
 		return nil, fmt.Errorf("cuda: pool layout %+v, want %+v", pool.Layout(), want)
 	}
-	b := &Backend{cfg: cfg, pool: pool, layout: want, dev: opts.Device, launchedRows: -1}
+	b := &Backend{cfg: cfg, pool: pool, layout: want, dev: opts.Device, launchedRows: -1, f32: dt == kvcache.Float32}
 	if b.dev == nil {
 		b.dev = mem.dev
 	}
@@ -100,6 +108,9 @@ func New(m *model.Model, pool *kvcache.Pool, opts Options) (*Backend, error) {
 	}
 	if !opts.NoGraphs {
 		c.graphs = 1
+	}
+	if b.f32 {
+		c.fp32 = 1
 	}
 	ctx := context.Background()
 	err := b.dev.Do(ctx, func() error {
@@ -131,6 +142,18 @@ func bf16Bytes(t safetensors.Tensor) ([]byte, error) {
 	return unsafe.Slice((*byte)(unsafe.Pointer(&u[0])), 2*len(u)), nil
 }
 
+// f32Bytes returns t's data as float32 bytes (the fp32 mode).
+func f32Bytes(t safetensors.Tensor) ([]byte, error) {
+	f, err := t.Float32()
+	if err != nil {
+		return nil, err
+	}
+	if len(f) == 0 {
+		return nil, nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(&f[0])), 4*len(f)), nil
+}
+
 func (b *Backend) upload(ctx context.Context, w *model.Weights) error {
 	type item struct {
 		kind  C.int
@@ -148,7 +171,11 @@ func (b *Backend) upload(ctx context.Context, w *model.Weights) error {
 			item{C.DCU_W_GATE, l, L.Gate}, item{C.DCU_W_UP, l, L.Up}, item{C.DCU_W_DOWN, l, L.Down})
 	}
 	for _, it := range items {
-		data, err := bf16Bytes(it.t)
+		weightBytes := bf16Bytes
+		if b.f32 {
+			weightBytes = f32Bytes
+		}
+		data, err := weightBytes(it.t)
 		if err != nil {
 			return fmt.Errorf("cuda: weight %s: %w", it.t.Name, err)
 		}

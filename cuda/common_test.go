@@ -28,7 +28,7 @@ func TestBF16Rounding(t *testing.T) {
 
 func TestLayoutFor(t *testing.T) {
 	cfg := &model.Config{NumLayers: 22, NumKVHeads: 4, HeadDim: 64}
-	l := LayoutFor(cfg, 16)
+	l := LayoutFor(cfg, 16, kvcache.BFloat16)
 	if l.DType != kvcache.BFloat16 || l.BytesPerToken() != 22528 {
 		t.Fatalf("layout %+v: %d bytes per token, want bf16 and 22528 (TinyLlama)", l, l.BytesPerToken())
 	}

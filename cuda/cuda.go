@@ -66,14 +66,16 @@ type Options struct {
 	NoGraphs bool
 }
 
-// LayoutFor is the bf16 KV block layout of a model for the CUDA backend.
-func LayoutFor(cfg *model.Config, tokensPerBlock int) kvcache.Layout {
+// LayoutFor is the KV block layout of a model for the CUDA backend, with
+// elements of dtype: kvcache.BFloat16 (the default), or kvcache.Float32 for
+// the fp32 mode (New takes the mode from its pool's dtype).
+func LayoutFor(cfg *model.Config, tokensPerBlock int, dtype kvcache.DType) kvcache.Layout {
 	return kvcache.Layout{
 		Layers:         cfg.NumLayers,
 		KVHeads:        cfg.NumKVHeads,
 		HeadDim:        cfg.HeadDim,
 		TokensPerBlock: tokensPerBlock,
-		DType:          kvcache.BFloat16,
+		DType:          dtype,
 	}
 }
 

@@ -59,12 +59,19 @@ func newRig(t testing.TB, dir string, blocks int) *rig {
 // newRigOpts is newRig with backend options.
 func newRigOpts(t testing.TB, dir string, blocks int, opts Options) *rig {
 	t.Helper()
+	return newRigDT(t, dir, blocks, opts, kvcache.BFloat16)
+}
+
+// newRigDT is newRigOpts with a pool of dt elements (kvcache.Float32: the
+// fp32 mode).
+func newRigDT(t testing.TB, dir string, blocks int, opts Options, dt kvcache.DType) *rig {
+	t.Helper()
 	dev := device(t)
 	m, err := model.LoadDir(dir, model.Options{})
 	if err != nil {
 		t.Fatalf("load %s: %v", dir, err)
 	}
-	pool, err := NewDevicePool(dev, LayoutFor(m.Config, tpb), blocks)
+	pool, err := NewDevicePool(dev, LayoutFor(m.Config, tpb, dt), blocks)
 	if err != nil {
 		t.Fatalf("pool: %v", err)
 	}
@@ -138,6 +145,18 @@ var fixtures = []string{"tiny-llama2", "tiny-llama3"}
 // 40 tokens, every row), the median about 1.5e-2.
 const fixtureTol = 0.10
 
+// precisions the fixture tests run in: bf16 within fixtureTol of the fp32
+// reference, and the fp32 mode within 1e-4 and token for token.
+var precisions = []struct {
+	name  string
+	dt    kvcache.DType
+	tol   float64
+	exact bool
+}{
+	{"bf16", kvcache.BFloat16, fixtureTol, false},
+	{"fp32", kvcache.Float32, 1e-4, true},
+}
+
 type logitsRef struct {
 	Cases []struct {
 		IDs        []int32     `json:"ids"`
@@ -148,65 +167,69 @@ type logitsRef struct {
 
 func TestFixtureLogits(t *testing.T) {
 	for _, fx := range fixtures {
-		t.Run(fx, func(t *testing.T) {
-			r := newRig(t, filepath.Join("..", "testdata", "models", fx), 256)
-			var ref logitsRef
-			readJSON(t, filepath.Join("..", "testdata", "reference", fx, "logits.json"), &ref)
-			ctx := context.Background()
-			worst := 0.0
-			for ci, c := range ref.Cases {
-				blocks := r.alloc(t, len(c.IDs))
-				mode := compute.LogitsLast
-				if c.AllLogits != nil {
-					mode = compute.LogitsAll
-				}
-				out, err := r.be.Forward(ctx, &compute.Batch{Seqs: []compute.Seq{{Tokens: c.IDs, Blocks: blocks, Logits: mode}}})
-				if err != nil {
-					t.Fatal(err)
-				}
-				rows := [][]float64{c.LastLogits}
-				if mode == compute.LogitsAll {
-					rows = c.AllLogits
-				}
-				if out.Rows() != len(rows) {
-					t.Fatalf("case %d: %d rows, want %d", ci, out.Rows(), len(rows))
-				}
-				for i, want := range rows {
-					rel, mx := errStats(out.Row(i), want)
-					worst = math.Max(worst, rel)
-					if !(rel < fixtureTol) {
-						t.Errorf("case %d (n=%d) row %d: rel err %.4g max abs %.4g", ci, len(c.IDs), i, rel, mx)
-					}
-				}
-				rel, mx := errStats(out.Row(out.Rows()-1), c.LastLogits)
-				fmt.Printf("LOGITS %s case=%d n=%d rows=%d last: rel=%.3e maxabs=%.3e argmax_match=%v\n", fx, ci, len(c.IDs), out.Rows(), rel, mx, argmax(out.Row(out.Rows()-1)) == argmax64(c.LastLogits))
+		for _, pr := range precisions {
+			t.Run(fx+"/"+pr.name, func(t *testing.T) { fixtureLogits(t, fx, pr.name, pr.dt, pr.tol) })
+		}
+	}
+}
 
-				// The same prompt in two chunks (paged attention over the KV
-				// of the first chunk): the last row must agree.
-				if len(c.IDs) >= 4 {
-					b2 := r.alloc(t, len(c.IDs))
-					h := len(c.IDs) / 2
-					if _, err := r.be.Forward(ctx, &compute.Batch{Seqs: []compute.Seq{{Tokens: c.IDs[:h], Blocks: b2, Logits: compute.LogitsNone}}}); err != nil {
-						t.Fatal(err)
-					}
-					out, err := r.be.Forward(ctx, &compute.Batch{Seqs: []compute.Seq{{Tokens: c.IDs[h:], Start: h, Blocks: b2, Logits: compute.LogitsLast}}})
-					if err != nil {
-						t.Fatal(err)
-					}
-					rel2, _ := errStats(out.Row(0), c.LastLogits)
-					fmt.Printf("LOGITS %s case=%d n=%d chunked(%d+%d): rel=%.3e\n", fx, ci, len(c.IDs), h, len(c.IDs)-h, rel2)
-					if !(rel2 < fixtureTol) {
-						t.Errorf("case %d chunked: rel err %.4g", ci, rel2)
-					}
-					r.pool.Free(b2)
-				}
-				r.pool.Free(blocks)
+func fixtureLogits(t *testing.T, fx, prec string, dt kvcache.DType, tol float64) {
+	r := newRigDT(t, filepath.Join("..", "testdata", "models", fx), 256, Options{}, dt)
+	var ref logitsRef
+	readJSON(t, filepath.Join("..", "testdata", "reference", fx, "logits.json"), &ref)
+	ctx := context.Background()
+	worst := 0.0
+	for ci, c := range ref.Cases {
+		blocks := r.alloc(t, len(c.IDs))
+		mode := compute.LogitsLast
+		if c.AllLogits != nil {
+			mode = compute.LogitsAll
+		}
+		out, err := r.be.Forward(ctx, &compute.Batch{Seqs: []compute.Seq{{Tokens: c.IDs, Blocks: blocks, Logits: mode}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows := [][]float64{c.LastLogits}
+		if mode == compute.LogitsAll {
+			rows = c.AllLogits
+		}
+		if out.Rows() != len(rows) {
+			t.Fatalf("case %d: %d rows, want %d", ci, out.Rows(), len(rows))
+		}
+		for i, want := range rows {
+			rel, mx := errStats(out.Row(i), want)
+			worst = math.Max(worst, rel)
+			if !(rel < tol) {
+				t.Errorf("case %d (n=%d) row %d: rel err %.4g max abs %.4g", ci, len(c.IDs), i, rel, mx)
 			}
-			fmt.Printf("LOGITS %s worst rel err %.3e (tolerance %.2g)\n", fx, worst, fixtureTol)
-			if r.pool.FreeBlocks() != r.pool.NumBlocks() {
-				t.Errorf("blocks leaked")
+		}
+		rel, mx := errStats(out.Row(out.Rows()-1), c.LastLogits)
+		fmt.Printf("LOGITS %s %s case=%d n=%d rows=%d last: rel=%.3e maxabs=%.3e argmax_match=%v\n", fx, prec, ci, len(c.IDs), out.Rows(), rel, mx, argmax(out.Row(out.Rows()-1)) == argmax64(c.LastLogits))
+
+		// The same prompt in two chunks (paged attention over the KV
+		// of the first chunk): the last row must agree.
+		if len(c.IDs) >= 4 {
+			b2 := r.alloc(t, len(c.IDs))
+			h := len(c.IDs) / 2
+			if _, err := r.be.Forward(ctx, &compute.Batch{Seqs: []compute.Seq{{Tokens: c.IDs[:h], Blocks: b2, Logits: compute.LogitsNone}}}); err != nil {
+				t.Fatal(err)
 			}
-		})
+			out, err := r.be.Forward(ctx, &compute.Batch{Seqs: []compute.Seq{{Tokens: c.IDs[h:], Start: h, Blocks: b2, Logits: compute.LogitsLast}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rel2, _ := errStats(out.Row(0), c.LastLogits)
+			fmt.Printf("LOGITS %s %s case=%d n=%d chunked(%d+%d): rel=%.3e\n", fx, prec, ci, len(c.IDs), h, len(c.IDs)-h, rel2)
+			if !(rel2 < tol) {
+				t.Errorf("case %d chunked: rel err %.4g", ci, rel2)
+			}
+			r.pool.Free(b2)
+		}
+		r.pool.Free(blocks)
+	}
+	fmt.Printf("LOGITS %s %s worst rel err %.3e (tolerance %.2g)\n", fx, prec, worst, tol)
+	if r.pool.FreeBlocks() != r.pool.NumBlocks() {
+		t.Errorf("blocks leaked")
 	}
 }
 
@@ -224,68 +247,77 @@ type greedyCase struct {
 // argmax (Greedy) is checked against the host argmax of the same step.
 func TestFixtureGreedy(t *testing.T) {
 	for _, fx := range fixtures {
-		t.Run(fx, func(t *testing.T) {
-			r := newRig(t, filepath.Join("..", "testdata", "models", fx), 512)
-			var cases []greedyCase
-			readJSON(t, filepath.Join("..", "testdata", "reference", fx, "greedy.json"), &cases)
-			ctx := context.Background()
-			seqs := make([]compute.Seq, len(cases))
-			for i, c := range cases {
-				seqs[i] = compute.Seq{Tokens: c.PromptIDs, Blocks: r.alloc(t, len(c.PromptIDs)+len(c.OutputIDs)), Logits: compute.LogitsLast}
+		for _, pr := range precisions {
+			t.Run(fx+"/"+pr.name, func(t *testing.T) { fixtureGreedy(t, fx, pr.name, pr.dt, pr.exact) })
+		}
+	}
+}
+
+// fixtureGreedy is TestFixtureGreedy for one fixture in one precision;
+// exact: every case must match the reference token for token.
+func fixtureGreedy(t *testing.T, fx, prec string, dt kvcache.DType, exact bool) {
+	r := newRigDT(t, filepath.Join("..", "testdata", "models", fx), 512, Options{}, dt)
+	var cases []greedyCase
+	readJSON(t, filepath.Join("..", "testdata", "reference", fx, "greedy.json"), &cases)
+	ctx := context.Background()
+	seqs := make([]compute.Seq, len(cases))
+	for i, c := range cases {
+		seqs[i] = compute.Seq{Tokens: c.PromptIDs, Blocks: r.alloc(t, len(c.PromptIDs)+len(c.OutputIDs)), Logits: compute.LogitsLast}
+	}
+	steps := len(cases[0].OutputIDs)
+	match := make([]int, len(cases))
+	prefix := make([]int, len(cases))
+	alive := make([]bool, len(cases))
+	for i := range alive {
+		alive[i] = true
+	}
+	devMismatch := 0
+	for s := 0; s < steps; s++ {
+		batch := &compute.Batch{Seqs: seqs}
+		dev, err := r.be.Greedy(ctx, batch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dev = append([]int32(nil), dev...)
+		out, err := r.be.Forward(ctx, batch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, c := range cases {
+			got := argmax(out.Row(i))
+			if got != dev[i] {
+				devMismatch++
 			}
-			steps := len(cases[0].OutputIDs)
-			match := make([]int, len(cases))
-			prefix := make([]int, len(cases))
-			alive := make([]bool, len(cases))
-			for i := range alive {
-				alive[i] = true
-			}
-			devMismatch := 0
-			for s := 0; s < steps; s++ {
-				batch := &compute.Batch{Seqs: seqs}
-				dev, err := r.be.Greedy(ctx, batch)
-				if err != nil {
-					t.Fatal(err)
+			if got == c.OutputIDs[s] {
+				match[i]++
+				if alive[i] {
+					prefix[i]++
 				}
-				dev = append([]int32(nil), dev...)
-				out, err := r.be.Forward(ctx, batch)
-				if err != nil {
-					t.Fatal(err)
-				}
-				for i, c := range cases {
-					got := argmax(out.Row(i))
-					if got != dev[i] {
-						devMismatch++
-					}
-					if got == c.OutputIDs[s] {
-						match[i]++
-						if alive[i] {
-							prefix[i]++
-						}
-					} else {
-						alive[i] = false
-					}
-					seqs[i] = compute.Seq{Tokens: []int32{c.OutputIDs[s]}, Start: seqs[i].Start + len(seqs[i].Tokens), Blocks: seqs[i].Blocks, Logits: compute.LogitsLast}
-				}
+			} else {
+				alive[i] = false
 			}
-			total, totalPrefix, exact := 0, 0, 0
-			for i, c := range cases {
-				fmt.Printf("GREEDY %s case=%d prompt_len=%d exact_prefix=%d/%d teacher_forced_match=%d/%d min_margin=%.4f\n", fx, i, len(c.PromptIDs), prefix[i], steps, match[i], steps, c.MinMargin)
-				total += match[i]
-				totalPrefix += prefix[i]
-				if prefix[i] == steps {
-					exact++
-				}
-				r.pool.Free(seqs[i].Blocks)
-			}
-			fmt.Printf("GREEDY %s: %d/%d cases token-exact, %d/%d steps match (teacher-forced), device argmax != host argmax %d times\n", fx, exact, len(cases), total, steps*len(cases), devMismatch)
-			if devMismatch > 0 {
-				t.Errorf("device argmax disagreed with host argmax %d times", devMismatch)
-			}
-			if total < steps*len(cases)*9/10 {
-				t.Errorf("only %d/%d greedy steps match", total, steps*len(cases))
-			}
-		})
+			seqs[i] = compute.Seq{Tokens: []int32{c.OutputIDs[s]}, Start: seqs[i].Start + len(seqs[i].Tokens), Blocks: seqs[i].Blocks, Logits: compute.LogitsLast}
+		}
+	}
+	total, totalPrefix, nexact := 0, 0, 0
+	for i, c := range cases {
+		fmt.Printf("GREEDY %s %s case=%d prompt_len=%d exact_prefix=%d/%d teacher_forced_match=%d/%d min_margin=%.4f\n", fx, prec, i, len(c.PromptIDs), prefix[i], steps, match[i], steps, c.MinMargin)
+		total += match[i]
+		totalPrefix += prefix[i]
+		if prefix[i] == steps {
+			nexact++
+		}
+		r.pool.Free(seqs[i].Blocks)
+	}
+	fmt.Printf("GREEDY %s %s: %d/%d cases token-exact, %d/%d steps match (teacher-forced), device argmax != host argmax %d times\n", fx, prec, nexact, len(cases), total, steps*len(cases), devMismatch)
+	if devMismatch > 0 {
+		t.Errorf("device argmax disagreed with host argmax %d times", devMismatch)
+	}
+	if exact && nexact < len(cases) {
+		t.Errorf("%d/%d cases token-exact, want all", nexact, len(cases))
+	}
+	if total < steps*len(cases)*9/10 {
+		t.Errorf("only %d/%d greedy steps match", total, steps*len(cases))
 	}
 }
 

@@ -75,7 +75,7 @@ func TestDiag(t *testing.T) {
 				if nog && vn != "full" {
 					continue
 				}
-				pool, err := NewDevicePool(dev, LayoutFor(m.Config, tpb), 64)
+				pool, err := NewDevicePool(dev, LayoutFor(m.Config, tpb, kvcache.BFloat16), 64)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -148,7 +148,7 @@ func TestDiagShape(t *testing.T) {
 	}
 	defer m.Close()
 	fmt.Printf("DIAGSHAPE config %+v invfreq[:4]=%v\n", *m.Config, m.Config.InvFreq()[:4])
-	pool, err := NewDevicePool(dev, LayoutFor(m.Config, tpb), 256)
+	pool, err := NewDevicePool(dev, LayoutFor(m.Config, tpb, kvcache.BFloat16), 256)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,6 +34,9 @@ func (rt *Runtime) openBackend(cfg config.Config, log *slog.Logger) (kvcache.Lay
 			log.Info("no usable GPU; using the CPU backend", "reason", err)
 		}
 	}
+	if cfg.DType == "bfloat16" {
+		log.Info("the CPU backend computes in float32; dtype bfloat16 applies to the CUDA backend")
+	}
 	layout := cpu.LayoutFor(mc, cfg.KVCache.TokensPerBlock)
 	blocks := poolBlocks(cfg, layout, rt.MaxSeqLen)
 	if err := fitsOneSequence(blocks, layout, rt.MaxSeqLen); err != nil {
@@ -48,9 +51,14 @@ func (rt *Runtime) openBackend(cfg config.Config, log *slog.Logger) (kvcache.Lay
 }
 
 // openCUDA opens the GPU that CUDA_VISIBLE_DEVICES leaves first, sizes a
-// device pool from the memory left after the bf16 weights, and uploads them.
+// device pool from the memory left after the weights (bf16, or fp32 with
+// dtype float32), and uploads them.
 func (rt *Runtime) openCUDA(cfg config.Config, log *slog.Logger) (kvcache.Layout, error) {
-	layout := cuda.LayoutFor(rt.Model.Config, cfg.KVCache.TokensPerBlock)
+	dt, elem := kvcache.BFloat16, int64(2)
+	if cfg.DType == "float32" {
+		dt, elem = kvcache.Float32, 4
+	}
+	layout := cuda.LayoutFor(rt.Model.Config, cfg.KVCache.TokensPerBlock, dt)
 	dev, err := cuda.OpenDevice(0)
 	if err != nil {
 		return layout, err
@@ -63,7 +71,7 @@ func (rt *Runtime) openCUDA(cfg config.Config, log *slog.Logger) (kvcache.Layout
 	// The weights, cuBLAS's workspace and the activations come first: the
 	// fraction applies to what is left after them (as trtllm's does after
 	// the model is loaded).
-	weights := bf16Bytes(rt.Model.Weights)
+	weights := weightBytes(rt.Model.Weights, elem)
 	budget := int64(float64(free-weights-gpuReserve) * cfg.KVCache.FreeGPUMemoryFraction)
 	blocks := int(budget / int64(layout.BlockBytes()))
 	if cfg.KVCache.MaxTokens > 0 {
@@ -85,7 +93,7 @@ func (rt *Runtime) openCUDA(cfg config.Config, log *slog.Logger) (kvcache.Layout
 		return layout, err
 	}
 	rt.Pool, rt.Backend, rt.device = pool, backend, dev
-	log.Info("CUDA backend", "gpu_free_bytes", free, "gpu_total_bytes", total, "weights_bytes", weights, "kv_blocks", blocks)
+	log.Info("CUDA backend", "dtype", dt, "gpu_free_bytes", free, "gpu_total_bytes", total, "weights_bytes", weights, "kv_blocks", blocks)
 	return layout, nil
 }
 
@@ -93,15 +101,16 @@ func (rt *Runtime) openCUDA(cfg config.Config, log *slog.Logger) (kvcache.Layout
 // and CUDA graphs.
 const gpuReserve = 2 << 30
 
-// bf16Bytes is the size of the weights once uploaded as bfloat16.
-func bf16Bytes(w *model.Weights) int64 {
+// weightBytes is the size of the weights once uploaded with elem bytes per
+// element.
+func weightBytes(w *model.Weights, elem int64) int64 {
 	var n int64
 	add := func(shape []int) {
 		e := int64(1)
 		for _, d := range shape {
 			e *= int64(d)
 		}
-		n += 2 * e
+		n += elem * e
 	}
 	add(w.Embed.Shape)
 	add(w.Norm.Shape)

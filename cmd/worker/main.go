@@ -76,6 +76,7 @@ func serveFlags() []cli.Flag {
 		&cli.IntFlag{Name: "max_num_tokens", Aliases: []string{"max-num-tokens"}, Usage: "most tokens per step"},
 		&cli.IntFlag{Name: "max_seq_len", Aliases: []string{"max-seq-len", "max-model-len"}, Usage: "most tokens per sequence (default: the model's context)"},
 		&cli.StringFlag{Name: "compute-backend", Usage: "auto | cpu | cuda"},
+		&cli.StringFlag{Name: "dtype", Usage: "auto | bfloat16 | float32: the CUDA backend's number format (float32: exact but slow)"},
 		&cli.IntFlag{Name: "threads", Usage: "CPU backend threads (default: one per core)"},
 		&cli.StringFlag{Name: "disagg_cluster_uri", Aliases: []string{"disagg-cluster-uri"}, Usage: "register with the proxy at http://host:port (disagg_cluster.cluster_uri; needs --role)"},
 		&cli.StringFlag{Name: "api-key", EnvVars: []string{"WORKER_API_KEY"}, Usage: "require `Authorization: Bearer <key>` on /v1/*"},
@@ -113,6 +114,7 @@ func resolve(c *cli.Context) (config.Config, []string, error) {
 	num("max_num_tokens", &cfg.MaxNumTokens)
 	num("max_seq_len", &cfg.MaxSeqLen)
 	str("compute-backend", &cfg.ComputeBackend)
+	str("dtype", &cfg.DType)
 	num("threads", &cfg.Threads)
 	str("disagg_cluster_uri", &cfg.DisaggCluster.ClusterURI)
 	str("api-key", &cfg.APIKey)

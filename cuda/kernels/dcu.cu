@@ -92,22 +92,32 @@ __device__ float block_sum(float v) {
 	return red[0];
 }
 
+// Storage types: bf16 (the default) or float (the fp32 mode, dcu_config.fp32:
+// weights, GEMM inputs and KV in fp32, for results that match an fp32
+// reference token for token).
+__device__ __forceinline__ float tof(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float tof(float v) { return v; }
+template <typename T> __device__ __forceinline__ T fromf(float v);
+template <> __device__ __forceinline__ __nv_bfloat16 fromf<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+template <> __device__ __forceinline__ float fromf<float>(float v) { return v; }
+
 // x[t][:] = embed[tokens[t]][:]
 // A token id < 0 is the id sampled for row -id-1 of the previous step (ids).
+template <typename W>
 __global__ void embed_kernel(const int32_t *__restrict__ tokens, const int32_t *__restrict__ ids,
-                             const __nv_bfloat16 *__restrict__ emb, float *__restrict__ x, int H) {
+                             const W *__restrict__ emb, float *__restrict__ x, int H) {
 	int t = blockIdx.x;
 	int tok = tokens[t];
 	if (tok < 0) tok = ids[-tok - 1];
-	const __nv_bfloat16 *row = emb + (size_t)tok * H;
+	const W *row = emb + (size_t)tok * H;
 	float *out = x + (size_t)t * H;
-	for (int i = threadIdx.x; i < H; i += blockDim.x) out[i] = __bfloat162float(row[i]);
+	for (int i = threadIdx.x; i < H; i += blockDim.x) out[i] = tof(row[i]);
 }
 
-// out[r][:] = bf16(x[src][:] * rsqrt(mean(x^2) + eps) * w), src = rows ? rows[r] : r.
+// out[r][:] = W(x[src][:] * rsqrt(mean(x^2) + eps) * w), src = rows ? rows[r] : r.
+template <typename W>
 __global__ void rmsnorm_kernel(const float *__restrict__ x, const int32_t *__restrict__ rows,
-                               const __nv_bfloat16 *__restrict__ w, __nv_bfloat16 *__restrict__ out, int H,
-                               float eps) {
+                               const W *__restrict__ w, W *__restrict__ out, int H, float eps) {
 	int r = blockIdx.x;
 	int src = rows ? rows[r] : r;
 	const float *xr = x + (size_t)src * H;
@@ -115,17 +125,19 @@ __global__ void rmsnorm_kernel(const float *__restrict__ x, const int32_t *__res
 	for (int i = threadIdx.x; i < H; i += blockDim.x) ss += xr[i] * xr[i];
 	ss = block_sum(ss);
 	float inv = rsqrtf(ss / (float)H + eps);
-	__nv_bfloat16 *o = out + (size_t)r * H;
-	for (int i = threadIdx.x; i < H; i += blockDim.x) o[i] = __float2bfloat16(xr[i] * inv * __bfloat162float(w[i]));
+	W *o = out + (size_t)r * H;
+	for (int i = threadIdx.x; i < H; i += blockDim.x) o[i] = fromf<W>(xr[i] * inv * tof(w[i]));
 }
 
 // RoPE (rotate_half) on q and k of qkv [T][(nh+2nkv)*D] (fp32); q goes to
 // q_out [T][nh][D] (fp32), the rotated k and v are appended to the KV pool
-// (bf16) at slot[t]. kv_layer points at block 0's plane of this layer
-// (base + layer*2*plane); block_stride is the element stride between blocks.
+// (KV: bf16, or float in the fp32 mode) at slot[t]. kv_layer points at
+// block 0's plane of this layer (base + layer*2*plane); block_stride is the
+// element stride between blocks.
+template <typename KV>
 __global__ void rope_kv_kernel(const float *__restrict__ qkv, const int32_t *__restrict__ pos,
                                const int32_t *__restrict__ slot, const float *__restrict__ inv_freq,
-                               float *__restrict__ q_out, __nv_bfloat16 *__restrict__ kv_layer,
+                               float *__restrict__ q_out, KV *__restrict__ kv_layer,
                                size_t block_stride, int nh, int nkv, int D, int tpb) {
 	int t = blockIdx.x;
 	int half = D / 2;
@@ -133,8 +145,8 @@ __global__ void rope_kv_kernel(const float *__restrict__ qkv, const int32_t *__r
 	float p = (float)pos[t];
 	int s = slot[t];
 	size_t plane = (size_t)tpb * nkv * D;
-	__nv_bfloat16 *kdst = kv_layer + (size_t)(s / tpb) * block_stride + (size_t)(s % tpb) * nkv * D;
-	__nv_bfloat16 *vdst = kdst + plane;
+	KV *kdst = kv_layer + (size_t)(s / tpb) * block_stride + (size_t)(s % tpb) * nkv * D;
+	KV *vdst = kdst + plane;
 	int nrot = (nh + nkv) * half;
 	for (int i = threadIdx.x; i < nrot; i += blockDim.x) {
 		int h = i / half, j = i % half;
@@ -148,13 +160,13 @@ __global__ void rope_kv_kernel(const float *__restrict__ qkv, const int32_t *__r
 			q[j] = o1;
 			q[j + half] = o2;
 		} else {
-			__nv_bfloat16 *k = kdst + (size_t)(h - nh) * D;
-			k[j] = __float2bfloat16(o1);
-			k[j + half] = __float2bfloat16(o2);
+			KV *k = kdst + (size_t)(h - nh) * D;
+			k[j] = fromf<KV>(o1);
+			k[j + half] = fromf<KV>(o2);
 		}
 	}
 	const float *vsrc = row + (size_t)(nh + nkv) * D;
-	for (int i = threadIdx.x; i < nkv * D; i += blockDim.x) vdst[i] = __float2bfloat16(vsrc[i]);
+	for (int i = threadIdx.x; i < nkv * D; i += blockDim.x) vdst[i] = fromf<KV>(vsrc[i]);
 }
 
 #define ATT_CHUNK 32
@@ -165,9 +177,10 @@ __global__ void rope_kv_kernel(const float *__restrict__ qkv, const int32_t *__r
 // covers keys [s*P, min((s+1)*P, pos+1)) of the token's sequence (causal).
 // Writes unnormalized partial sums: pacc [T][nh][nsplit][D], pm and pl
 // [T][nh][nsplit].
+template <typename KV>
 __global__ void attn_split_kernel(const float *__restrict__ q, const int32_t *__restrict__ pos,
                                   const int32_t *__restrict__ btoff, const int32_t *__restrict__ tables,
-                                  const __nv_bfloat16 *__restrict__ kv_layer, size_t block_stride, int nh,
+                                  const KV *__restrict__ kv_layer, size_t block_stride, int nh,
                                   int nkv, int D, int tpb, int P, int nsplit, float scale,
                                   float *__restrict__ pacc, float *__restrict__ pm, float *__restrict__ pl) {
 	extern __shared__ float sm[];
@@ -197,10 +210,10 @@ __global__ void attn_split_kernel(const float *__restrict__ q, const int32_t *__
 		for (int i = threadIdx.x; i < n * D; i += blockDim.x) {
 			int j = i / D, d = i % D;
 			int key = c0 + j;
-			const __nv_bfloat16 *kp = kv_layer + (size_t)bt[key / tpb] * block_stride +
-			                          (size_t)(key % tpb) * nkv * D + (size_t)kvh * D + d;
-			ks[j * KS + d] = __bfloat162float(kp[0]);
-			vs[j * D + d] = __bfloat162float(kp[plane]);
+			const KV *kp = kv_layer + (size_t)bt[key / tpb] * block_stride + (size_t)(key % tpb) * nkv * D +
+			               (size_t)kvh * D + d;
+			ks[j * KS + d] = tof(kp[0]);
+			vs[j * D + d] = tof(kp[plane]);
 		}
 		__syncthreads();
 		float sc = -INFINITY;
@@ -1015,10 +1028,10 @@ __global__ void __launch_bounds__(128) attn_mma_dec_kernel(const float *__restri
 // every decode step), with the running sums rescaled between groups. Its
 // registers cost occupancy, so large grids (prefill) loop split by split.
 // PDL: launched with programmatic dependent launch (the fused decode path).
-template <bool PDL, bool WIDE>
+template <bool PDL, bool WIDE, typename O = __nv_bfloat16>
 __global__ void attn_reduce_kernel(const int32_t *__restrict__ pos, const float *__restrict__ pacc,
                                    const float *__restrict__ pm, const float *__restrict__ pl, int nh, int D,
-                                   int P, int nsplit, __nv_bfloat16 *__restrict__ out) {
+                                   int P, int nsplit, O *__restrict__ out) {
 	if (PDL) {
 		pdl_trigger();
 		pdl_wait();
@@ -1036,7 +1049,7 @@ __global__ void attn_reduce_kernel(const int32_t *__restrict__ pos, const float 
 			L += pl[base + s] * w;
 			if (d < D) a += pacc[(base + s) * D + d] * w;
 		}
-		if (d < D) out[((size_t)t * nh + h) * D + d] = __float2bfloat16(a / L);
+		if (d < D) out[((size_t)t * nh + h) * D + d] = fromf<O>(a / L);
 		return;
 	}
 	float M = -INFINITY, L = 0.f, a = 0.f;
@@ -1064,16 +1077,17 @@ __global__ void attn_reduce_kernel(const int32_t *__restrict__ pos, const float 
 		}
 		M = Mn;
 	}
-	if (d < D) out[((size_t)t * nh + h) * D + d] = __float2bfloat16(a / L);
+	if (d < D) out[((size_t)t * nh + h) * D + d] = fromf<O>(a / L);
 }
 
-// act[t][i] = bf16(silu(gu[t][i]) * gu[t][I+i]); grid (ceil(I/256), T)
-__global__ void silu_mul_kernel(const float *__restrict__ gu, __nv_bfloat16 *__restrict__ act, int I) {
+// act[t][i] = W(silu(gu[t][i]) * gu[t][I+i]); grid (ceil(I/256), T)
+template <typename W>
+__global__ void silu_mul_kernel(const float *__restrict__ gu, W *__restrict__ act, int I) {
 	int i = blockIdx.x * blockDim.x + threadIdx.x;
 	if (i >= I) return;
 	size_t t = blockIdx.y;
 	float g = gu[t * 2 * I + i], u = gu[t * 2 * I + I + i];
-	act[t * I + i] = __float2bfloat16(g / (1.f + __expf(-g)) * u);
+	act[t * I + i] = fromf<W>(g / (1.f + (sizeof(W) == 4 ? expf(-g) : __expf(-g))) * u);
 }
 
 // The same from bf16 gate/up (prefill: the GEMM writes bf16, half the
@@ -1570,7 +1584,8 @@ struct dcu_model {
 	dcu_config c;
 	cudaStream_t stream;
 	cublasHandle_t blas;
-	__nv_bfloat16 *wbuf; // all weights
+	__nv_bfloat16 *wbuf; // all weights (float in the fp32 mode: es bytes per element)
+	int es;              // bytes per weight, GEMM-input and KV element: 2 (bf16) or 4 (fp32 mode)
 	size_t wbytes;
 	__nv_bfloat16 *embed, *norm, *lm_head;
 	std::vector<Layer> layers;
@@ -1727,13 +1742,14 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 	if (c.head_dim % 2 || c.head_dim > 32 * ATT_MAXD) INVALID("head_dim %d: must be even and at most %d", c.head_dim, 32 * ATT_MAXD);
 	if (c.heads % c.kv_heads || c.heads / c.kv_heads > 32) INVALID("heads %d / kv heads %d: group must divide and be at most 32", c.heads, c.kv_heads);
 	size_t plane = (size_t)c.tokens_per_block * c.kv_heads * c.head_dim;
-	size_t need = (size_t)c.num_blocks * c.layers * 2 * plane * 2;
+	size_t need = (size_t)c.num_blocks * c.layers * 2 * plane * (c.fp32 ? 4 : 2);
 	if (kv_bytes < need) INVALID("KV memory of %zu bytes is smaller than %zu", kv_bytes, need);
 	dcu_model *m = new dcu_model();
 	memset((void *)&m->c, 0, sizeof m->c);
 	m->c = c;
 	m->kv = (__nv_bfloat16 *)kv_base;
 	m->kv_bytes = kv_bytes;
+	m->es = c.fp32 ? 4 : 2;
 	*out = m;
 	int dev;
 	CK(cudaGetDevice(&dev));
@@ -1747,7 +1763,7 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 	CK(cudaMalloc(&m->blas_ws, ws));
 	CKB(cublasSetWorkspace(m->blas, m->blas_ws, ws));
 	m->use_graphs = c.graphs;
-	m->use_gemv = !(getenv("DCU_NO_GEMV") && getenv("DCU_NO_GEMV")[0] == '1');
+	m->use_gemv = !c.fp32 && !(getenv("DCU_NO_GEMV") && getenv("DCU_NO_GEMV")[0] == '1');
 	m->fill = env_int("DCU_FILL", 4, 1, 64);
 	m->pmax = env_int("DCU_PMAX", 512, 32, 512) / ATT_CHUNK * ATT_CHUNK;
 	// the batch decode kernel from batch 1 on (measured faster than the tiled
@@ -1775,22 +1791,27 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 	size_t H = c.hidden, I = c.inter, V = c.vocab;
 	size_t per_layer = 2 * H + qkv_dim(c) * H + H * (size_t)c.heads * c.head_dim + 2 * I * H + I * H;
 	size_t elems = V * H + H + (c.tied ? 0 : V * H) + per_layer * c.layers;
-	m->wbytes = elems * 2;
+	m->wbytes = elems * m->es;
 	CK(cudaMalloc((void **)&m->wbuf, m->wbytes));
-	__nv_bfloat16 *p = m->wbuf;
-	m->embed = p; p += V * H;
-	m->norm = p; p += H;
-	if (c.tied) m->lm_head = m->embed;
-	else { m->lm_head = p; p += V * H; }
+	// the weights one after another (pointers typed bf16; float data in the fp32 mode)
+	size_t off = 0;
+	auto take = [&](size_t n) {
+		__nv_bfloat16 *q = (__nv_bfloat16 *)((char *)m->wbuf + off * m->es);
+		off += n;
+		return q;
+	};
+	m->embed = take(V * H);
+	m->norm = take(H);
+	m->lm_head = c.tied ? m->embed : take(V * H);
 	m->layers.resize(c.layers);
 	for (int l = 0; l < c.layers; l++) {
 		Layer &L = m->layers[l];
-		L.attn_norm = p; p += H;
-		L.qkv = p; p += qkv_dim(c) * H;
-		L.o = p; p += H * (size_t)c.heads * c.head_dim;
-		L.mlp_norm = p; p += H;
-		L.gate_up = p; p += 2 * I * H;
-		L.down = p; p += I * H;
+		L.attn_norm = take(H);
+		L.qkv = take(qkv_dim(c) * H);
+		L.o = take(H * (size_t)c.heads * c.head_dim);
+		L.mlp_norm = take(H);
+		L.gate_up = take(2 * I * H);
+		L.down = take(I * H);
 	}
 	// fused GEMVs hold a step's inputs in shared memory: up to 4 rows of the widest input
 	{
@@ -1813,7 +1834,10 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 	// dynamic shared memory of the attention kernel may exceed 48 KB for large heads
 	int G = c.heads / c.kv_heads;
 	size_t smem = sizeof(float) * ((size_t)G * c.head_dim + ATT_CHUNK * (c.head_dim + 1) + ATT_CHUNK * c.head_dim);
-	if (smem > 48 * 1024) CK(cudaFuncSetAttribute(attn_split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+	if (smem > 48 * 1024) {
+		CK(cudaFuncSetAttribute(attn_split_kernel<__nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+		CK(cudaFuncSetAttribute(attn_split_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+	}
 	if (decode_kernel(c.head_dim, G) && decode_smem(c.head_dim) > 48 * 1024)
 		CK(cudaFuncSetAttribute((const void *)decode_kernel(c.head_dim, G), cudaFuncAttributeMaxDynamicSharedMemorySize,
 		                        (int)decode_smem(c.head_dim)));
@@ -1833,28 +1857,29 @@ extern "C" int dcu_model_weight_bytes(dcu_model *m, size_t *n) {
 extern "C" int dcu_model_set_weight(dcu_model *m, int kind, int layer, const void *data, size_t bytes, dcu_status *st) {
 	const dcu_config &c = m->c;
 	size_t H = c.hidden, I = c.inter, V = c.vocab, D = c.head_dim;
-	__nv_bfloat16 *dst = nullptr;
+	char *dst = nullptr; // the tensor's first element; sub-matrices at element offsets times es
 	size_t n = 0;
+	const size_t es = m->es;
 	if (kind >= DCU_W_ATTN_NORM && (layer < 0 || layer >= c.layers)) INVALID("layer %d out of range", layer);
 	Layer *L = kind >= DCU_W_ATTN_NORM ? &m->layers[layer] : nullptr;
 	switch (kind) {
-	case DCU_W_EMBED: dst = m->embed; n = V * H; break;
-	case DCU_W_NORM: dst = m->norm; n = H; break;
+	case DCU_W_EMBED: dst = (char *)m->embed; n = V * H; break;
+	case DCU_W_NORM: dst = (char *)m->norm; n = H; break;
 	case DCU_W_LMHEAD:
 		if (c.tied) INVALID("LM head of a tied model");
-		dst = m->lm_head; n = V * H; break;
-	case DCU_W_ATTN_NORM: dst = L->attn_norm; n = H; break;
-	case DCU_W_Q: dst = L->qkv; n = c.heads * D * H; break;
-	case DCU_W_K: dst = L->qkv + c.heads * D * H; n = c.kv_heads * D * H; break;
-	case DCU_W_V: dst = L->qkv + (c.heads + c.kv_heads) * D * H; n = c.kv_heads * D * H; break;
-	case DCU_W_O: dst = L->o; n = H * c.heads * D; break;
-	case DCU_W_MLP_NORM: dst = L->mlp_norm; n = H; break;
-	case DCU_W_GATE: dst = L->gate_up; n = I * H; break;
-	case DCU_W_UP: dst = L->gate_up + I * H; n = I * H; break;
-	case DCU_W_DOWN: dst = L->down; n = H * I; break;
+		dst = (char *)m->lm_head; n = V * H; break;
+	case DCU_W_ATTN_NORM: dst = (char *)L->attn_norm; n = H; break;
+	case DCU_W_Q: dst = (char *)L->qkv; n = c.heads * D * H; break;
+	case DCU_W_K: dst = (char *)L->qkv + (c.heads * D * H) * es; n = c.kv_heads * D * H; break;
+	case DCU_W_V: dst = (char *)L->qkv + ((c.heads + c.kv_heads) * D * H) * es; n = c.kv_heads * D * H; break;
+	case DCU_W_O: dst = (char *)L->o; n = H * c.heads * D; break;
+	case DCU_W_MLP_NORM: dst = (char *)L->mlp_norm; n = H; break;
+	case DCU_W_GATE: dst = (char *)L->gate_up; n = I * H; break;
+	case DCU_W_UP: dst = (char *)L->gate_up + (I * H) * es; n = I * H; break;
+	case DCU_W_DOWN: dst = (char *)L->down; n = H * I; break;
 	default: INVALID("weight kind %d", kind);
 	}
-	if (bytes != n * 2) INVALID("weight kind %d layer %d: %zu bytes, want %zu", kind, layer, bytes, n * 2);
+	if (bytes != n * es) INVALID("weight kind %d layer %d: %zu bytes, want %zu", kind, layer, bytes, n * es);
 	CK(cudaMemcpy(dst, data, bytes, cudaMemcpyHostToDevice));
 	CK(cudaDeviceSynchronize());
 	return 1;
@@ -1883,9 +1908,9 @@ static int ensure(dcu_model *m, int T, int R, int nints, size_t part, dcu_status
 		CK(cudaMalloc((void **)&m->qkv, sizeof(float) * cap * qkv_dim(c)));
 		CK(cudaMalloc((void **)&m->q, sizeof(float) * cap * c.heads * c.head_dim));
 		CK(cudaMalloc((void **)&m->gu, sizeof(float) * cap * 2 * I));
-		CK(cudaMalloc((void **)&m->xn, 2 * cap * H));
-		CK(cudaMalloc((void **)&m->attn, 2 * (size_t)cap * c.heads * c.head_dim));
-		CK(cudaMalloc((void **)&m->act, 2 * cap * I));
+		CK(cudaMalloc((void **)&m->xn, m->es * cap * H));
+		CK(cudaMalloc((void **)&m->attn, m->es * (size_t)cap * c.heads * c.head_dim));
+		CK(cudaMalloc((void **)&m->act, m->es * cap * I));
 		m->cap_t = cap;
 	}
 	if (R > m->cap_r) {
@@ -1952,8 +1977,88 @@ static void split_plan(const dcu_model *m, int units, int max_ctx, int *P, int *
 	*nsplit = (max_ctx + p - 1) / p;
 }
 
+// Y[n][out] (fp32) = beta*Y + X[n][in] * W[out][in]^T, all fp32 (the fp32
+// mode; no TF32).
+static int gemm32(dcu_model *m, const float *W, const float *X, float *Y, int out, int n, int in, float beta,
+                  dcu_status *st) {
+	float alpha = 1.f;
+	CKB(cublasGemmEx(m->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &alpha, W, CUDA_R_32F, in, X, CUDA_R_32F, in,
+	                 &beta, Y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_GEMM_DEFAULT));
+	return 1;
+}
+
+// The step in the fp32 mode: weights, GEMM inputs and KV in fp32, the plain
+// kernels (per-token split attention, cuBLAS for every product), so that
+// the result follows an fp32 reference to rounding. For small models and
+// checks, not speed.
+static int enqueue_f32(dcu_model *m, int T, int R, int want_argmax, dcu_status *st) {
+	const dcu_config &c = m->c;
+	const int H = c.hidden, I = c.inter, V = c.vocab, D = c.head_dim, nh = c.heads, nkv = c.kv_heads, G = nh / nkv;
+	const int32_t *tokens = m->d_ints, *pos = tokens + T, *slot = pos + T, *btoff = slot + T, *rows = btoff + T;
+	const int32_t *tables = rows + R + 2 * m->nt; // no tiles in this mode (prepare)
+	const int P = m->P, nsplit = m->nsplit;
+	const size_t plane = (size_t)c.tokens_per_block * nkv * D, block_stride = (size_t)c.layers * 2 * plane;
+	const size_t smem = sizeof(float) * ((size_t)G * D + ATT_CHUNK * (D + 1) + ATT_CHUNK * D);
+	const float scale = 1.f / sqrtf((float)D);
+	cudaStream_t s = m->stream;
+	float *xn = (float *)m->xn, *attn = (float *)m->attn, *act = (float *)m->act;
+	auto W = [](const __nv_bfloat16 *p) { return (const float *)p; };
+	MARK(-1);
+	embed_kernel<<<T, 256, 0, s>>>(tokens, m->d_argmax, W(m->embed), m->x, H);
+	CKL();
+	MARK(0);
+	for (int l = 0; l < c.layers; l++) {
+		const Layer &L = m->layers[l];
+		float *kv_layer = (float *)m->kv + (size_t)l * 2 * plane;
+		rmsnorm_kernel<<<T, 256, 0, s>>>(m->x, nullptr, W(L.attn_norm), xn, H, c.eps);
+		CKL();
+		MARK(1);
+		if (!gemm32(m, W(L.qkv), xn, m->qkv, (int)qkv_dim(c), T, H, 0.f, st)) return 0;
+		MARK(2);
+		rope_kv_kernel<<<T, 128, 0, s>>>(m->qkv, pos, slot, m->inv_freq, m->q, kv_layer, block_stride, nh, nkv, D,
+		                                 c.tokens_per_block);
+		CKL();
+		MARK(3);
+		attn_split_kernel<<<dim3(T, nkv, nsplit), 32 * G, smem, s>>>(m->q, pos, btoff, tables, (const float *)kv_layer,
+		                                                             block_stride, nh, nkv, D, c.tokens_per_block, P,
+		                                                             nsplit, scale, m->pacc, m->pm, m->pl);
+		CKL();
+		MARK(4);
+		attn_reduce_kernel<false, false, float><<<dim3(T, nh), D < 32 ? 32 : D, 0, s>>>(pos, m->pacc, m->pm, m->pl, nh,
+		                                                                                 D, P, nsplit, attn);
+		CKL();
+		MARK(5);
+		if (!gemm32(m, W(L.o), attn, m->x, H, T, nh * D, 1.f, st)) return 0;
+		MARK(6);
+		rmsnorm_kernel<<<T, 256, 0, s>>>(m->x, nullptr, W(L.mlp_norm), xn, H, c.eps);
+		CKL();
+		MARK(1);
+		if (!gemm32(m, W(L.gate_up), xn, m->gu, 2 * I, T, H, 0.f, st)) return 0;
+		MARK(7);
+		silu_mul_kernel<<<dim3((I + 255) / 256, T), 256, 0, s>>>(m->gu, act, I);
+		CKL();
+		MARK(8);
+		if (!gemm32(m, W(L.down), act, m->x, H, T, I, 1.f, st)) return 0;
+		MARK(9);
+	}
+	if (R > 0) {
+		rmsnorm_kernel<<<R, 256, 0, s>>>(m->x, rows, W(m->norm), xn, H, c.eps);
+		CKL();
+		MARK(1);
+		if (!gemm32(m, W(m->lm_head), xn, m->logits, V, R, H, 0.f, st)) return 0;
+		MARK(10);
+		if (want_argmax) {
+			argmax_kernel<<<R, 1024, 0, s>>>(m->logits, V, m->d_argmax);
+			CKL();
+			MARK(11);
+		}
+	}
+	return 1;
+}
+
 // Enqueue the step (everything after the ints are on the device).
 static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int want_argmax, dcu_status *st) {
+	if (m->c.fp32) return enqueue_f32(m, T, R, want_argmax, st);
 	const dcu_config &c = m->c;
 	int H = c.hidden, I = c.inter, V = c.vocab, D = c.head_dim, nh = c.heads, nkv = c.kv_heads;
 	const int32_t *tokens = m->d_ints, *pos = tokens + T, *slot = pos + T, *btoff = slot + T, *rows = btoff + T;
@@ -2165,7 +2270,7 @@ static int prepare(dcu_model *m, const dcu_batch *b, dcu_status *st) {
 	// Tiles: runs of up to TILE_QT consecutive tokens of one sequence.
 	// launch bounds: 256 threads; registers hold a chunk: 32*D/8 <= 2*threads
 	int G = c.heads / c.kv_heads;
-	bool tiled = tile_kernel(c.head_dim, 1) != nullptr && G <= 8 && c.head_dim <= 16 * G;
+	bool tiled = !c.fp32 && tile_kernel(c.head_dim, 1) != nullptr && G <= 8 && c.head_dim <= 16 * G;
 	// the tensor-core kernel for prefill (head dim 64, DCU_NO_MMA=1 turns it off)
 	int tq = TILE_QT;
 	bool mma_ok = tiled && c.head_dim == 64 && !(getenv("DCU_NO_MMA") && getenv("DCU_NO_MMA")[0] == '1');

@@ -29,6 +29,9 @@ typedef struct dcu_config {
 	float eps;
 	int tied;   /* LM head shares the embedding */
 	int graphs; /* replay decode steps as CUDA graphs */
+	int fp32;   /* weights, GEMM inputs and KV in fp32 (4-byte weights to
+	               dcu_model_set_weight, 4-byte KV elements): results that
+	               follow an fp32 reference to rounding; slower */
 } dcu_config;
 
 /* Weight kinds for dcu_model_set_weight. Q, K, V are packed into one QKV
@@ -72,7 +75,8 @@ int dcu_copy_bench(size_t bytes, int iters, float *ms, dcu_status *st);
 
 int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_bytes,
                      const float *inv_freq, dcu_model **out, dcu_status *st);
-/* data: host bf16, exactly the tensor's element count * 2 bytes. */
+/* data: host bf16 (fp32 in the fp32 mode), exactly the tensor's element
+ * count * 2 (4) bytes. */
 int dcu_model_set_weight(dcu_model *m, int kind, int layer, const void *data, size_t bytes, dcu_status *st);
 int dcu_model_weight_bytes(dcu_model *m, size_t *n);
 int dcu_forward(dcu_model *m, const dcu_batch *b, dcu_status *st);

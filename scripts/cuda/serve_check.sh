@@ -6,6 +6,8 @@
 #   CTX_GPU, GEN_GPU: the GPUs of the context and generation workers
 #   (default 0 and 0: one GPU; CTX_GPU=0 GEN_GPU=1 on a two-GPU machine);
 #   the aggregated worker runs on CTX_GPU.
+#   WORKER_ARGS: more flags for the three workers (--dtype float32: the
+#   fp32 mode, whose answers must equal the reference text).
 #   UCX_LIB_DIR: a CUDA-enabled UCX (libucp*.so + ucx/ modules), e.g. the
 #   one inside the nixl-cu13 wheel; the system UCX may lack CUDA memory.
 set -uo pipefail
@@ -32,9 +34,9 @@ ready() { for _ in $(seq 1 300); do curl -fsS "$1/health" >/dev/null 2>&1 && ret
 for r in ctx gen; do
   sed 's/^kv_cache_config:/kv_cache_config:\n  max_tokens: 262144/' configs/${r}_config.yaml > "$OUT/${r}_config.yaml"
 done
-start agg "$CTX_GPU" --compute-backend cuda --config "$OUT/ctx_config.yaml" --role "" --host 127.0.0.1 --port 8100
-start ctx "$CTX_GPU" --role context --compute-backend cuda --config "$OUT/ctx_config.yaml" --host 127.0.0.1 --port 8101
-start gen "$GEN_GPU" --role generation --compute-backend cuda --config "$OUT/gen_config.yaml" --host 127.0.0.1 --port 8102
+start agg "$CTX_GPU" --compute-backend cuda --config "$OUT/ctx_config.yaml" --role "" --host 127.0.0.1 --port 8100 ${WORKER_ARGS:-}
+start ctx "$CTX_GPU" --role context --compute-backend cuda --config "$OUT/ctx_config.yaml" --host 127.0.0.1 --port 8101 ${WORKER_ARGS:-}
+start gen "$GEN_GPU" --role generation --compute-backend cuda --config "$OUT/gen_config.yaml" --host 127.0.0.1 --port 8102 ${WORKER_ARGS:-}
 for p in 8100 8101 8102; do ready http://127.0.0.1:$p; done
 cat > "$OUT/disagg.yaml" <<YAML
 hostname: 127.0.0.1

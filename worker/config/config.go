@@ -28,6 +28,12 @@ type Config struct {
 	// ComputeBackend picks the compute backend: "auto" (CUDA when built
 	// with it and a GPU is present, else CPU), "cpu" or "cuda".
 	ComputeBackend string `yaml:"compute_backend"`
+	// DType is the GPU's number format (trtllm's and vLLM's dtype):
+	// "auto" or "bfloat16" (weights, activations and KV in bf16), or
+	// "float32" (all in fp32: results that follow an fp32 reference to
+	// rounding, for small models and checks; twice the memory and much
+	// slower). The CPU backend computes in float32 whatever this says.
+	DType string `yaml:"dtype"`
 	// MaxBatchSize is the most sequences in one model step.
 	MaxBatchSize int `yaml:"max_batch_size"`
 	// MaxNumTokens is the most tokens (prefill chunks included) in one step.
@@ -110,6 +116,7 @@ func Default() Config {
 	return Config{
 		Backend:        "pytorch",
 		ComputeBackend: "auto",
+		DType:          "auto",
 		MaxBatchSize:   64,
 		MaxNumTokens:   8192,
 		MaxN:           16,
@@ -134,6 +141,7 @@ func Default() Config {
 var allowed = map[string][]string{
 	"backend":                          {"pytorch", "cpu", "cuda"},
 	"compute_backend":                  {"auto", "cpu", "cuda"},
+	"dtype":                            {"auto", "bfloat16", "float32"},
 	"role":                             {"", "context", "generation"},
 	"log_level":                        {"debug", "info", "warn", "error"},
 	"cache_transceiver_config.backend": {"DEFAULT", "UCX", "NIXL"},
@@ -158,6 +166,7 @@ func (c *Config) Validate() error {
 	oneOf("role", &c.Role, true)
 	oneOf("backend", &c.Backend, true)
 	oneOf("compute_backend", &c.ComputeBackend, true)
+	oneOf("dtype", &c.DType, true)
 	oneOf("log_level", &c.LogLevel, true)
 	oneOf("cache_transceiver_config.backend", &c.CacheTransceiver.Backend, true)
 	if c.MaxBatchSize < 1 {

@@ -79,6 +79,7 @@ func TestValidate(t *testing.T) {
 		{"batch", func(c *Config) { c.MaxBatchSize = 0 }, "max_batch_size: 0 must be at least 1"},
 		{"timeout", func(c *Config) { c.CacheTransceiver.KVTransferTimeoutMS = 0 }, "kv_transfer_timeout_ms: 0"},
 		{"port", func(c *Config) { c.Port = 70000 }, "port: 70000"},
+		{"dtype", func(c *Config) { c.DType = "float16" }, `dtype: "float16" is not one of "auto", "bfloat16", "float32"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := Default()
@@ -93,6 +94,11 @@ func TestValidate(t *testing.T) {
 	c.Role = "Context"
 	if err := c.Validate(); err != nil || c.Role != "context" {
 		t.Fatalf("Validate of role Context: %v, role %q", err, c.Role)
+	}
+	c = Default()
+	c.DType = "Float32"
+	if err := c.Validate(); err != nil || c.DType != "float32" {
+		t.Fatalf("Validate of dtype Float32: %v, dtype %q", err, c.DType)
 	}
 }
 
