@@ -94,8 +94,8 @@ bench-model: ## CPU backend micro-benchmarks (tiny model)
 	$(GO) test -run='^$$' -bench=. -benchtime=2s ./worker/compute/cpu/
 
 .PHONY: bench-transfer
-bench-transfer: setup ## KV transceiver latencies, UCX and NIXL: a one-block write, a notification's and a push request's round trip (two agents in one process)
-	$(GO) test -run='^$$' -bench=BenchmarkLatency -benchtime=2s -count=3 ./transceiver/ucx/ ./transceiver/nixl/
+bench-transfer: setup ## KV transceivers, UCX and NIXL: write bandwidth by block size and count beside ucx_perftest, then fixed costs (write, notification, push round trip)
+	GO=$(GO) bash scripts/bench_transfer.sh
 
 .PHONY: fmt
 fmt: ## gofmt every Go file

@@ -321,7 +321,11 @@ func (a *Agent) loop(ready chan<- error) {
 			lastActive = time.Now()
 			continue
 		}
-		// NIXL's own progress thread moves the data; we only poll.
+		// These polls are what progresses NIXL (unless its own progress
+		// thread runs: DISAGG_NIXL_PROGRESS_THREAD=1), also for data a peer
+		// moves to or from here over a transport that needs this side's
+		// progress (TCP): fast while a transfer or a notification is
+		// expected, as on both sides of a KV transfer, else every idleWait.
 		if len(a.ops) > 0 || a.mail.Waiting() || time.Since(lastActive) < spinAfterActivity {
 			_ = unix.Nanosleep(&unix.Timespec{Nsec: int64(pollGap)}, nil)
 			continue

@@ -263,6 +263,10 @@ func TestForgedRegionRejected(t *testing.T) {
 // request's round trip between two NIXL agents of one process (UCX plugin).
 func BenchmarkLatency(b *testing.B) { suite.BenchLatency(b) }
 
+// BenchmarkBandwidth is write bandwidth between two NIXL agents of one
+// process against block size and count (transceivertest.Suite.BenchBandwidth).
+func BenchmarkBandwidth(b *testing.B) { suite.BenchBandwidth(b) }
+
 // TestIdleAgentsLeaveTheCPU: two connected agents with nothing to do use
 // a small share of a core. NIXL's own progress thread (DISAGG_NIXL_PROGRESS_THREAD=1,
 // or a libnixl_capi without nixl_capi_create_configured_agent) busy-waits

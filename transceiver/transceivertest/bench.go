@@ -3,6 +3,7 @@ package transceivertest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -13,7 +14,8 @@ import (
 // process, each on its own progress loop, with one 4 KB block:
 //
 //   - write: Peer.Write, from the call to the caller having the
-//     completion (post, flush, hand-back);
+//     completion (post, flush, hand-back), while the target expects a
+//     notification, as a generation worker does while its KV arrives;
 //   - notify: a notification's round trip, echoed back by the other agent;
 //   - push: a push on request's round trip, as a generation worker asks a
 //     context worker for its KV: a Notify carrying a PushRequest, the other
@@ -54,6 +56,7 @@ func (s Suite) BenchLatency(b *testing.B) {
 	b.Cleanup(func() { _ = toHolder.Close() })
 
 	b.Run("write", func(b *testing.B) {
+		defer expecting(holder)()
 		tr := transceiver.Transfer{Pairs: []transceiver.BlockPair{{Local: 0, Remote: 1}}}
 		if err := toHolder.Write(ctx, tr); err != nil {
 			b.Fatal(err)
@@ -171,4 +174,79 @@ func (s Suite) BenchLatency(b *testing.B) {
 			b.Fatalf("push server: %v", err)
 		}
 	})
+}
+
+// BenchBandwidth measures write bandwidth between two agents of one process
+// against block size (4 KB, 64 KB, 1 MB) and block count (1, 16, 128): one
+// op is one Peer.Write of count blocks, each its own descriptor (every
+// other block on both sides, so none coalesce), and b.SetBytes makes the
+// result MB/s. `make bench-transfer` sets it beside ucx_perftest's put
+// bandwidth on the same transport (scripts/bench_transfer.sh).
+func (s Suite) BenchBandwidth(b *testing.B) {
+	s.Require(b)
+	const maxBlocks = 128
+	ctx := context.Background()
+	for _, size := range []int{4 << 10, 64 << 10, 1 << 20} {
+		src, dst := NewHostRegion(b, size, 2*maxBlocks), NewHostRegion(b, size, 2*maxBlocks)
+		FillRandom(src, 7)
+		var agents []transceiver.Transceiver
+		for _, r := range []transceiver.Region{src, dst} {
+			a, err := s.New(transceiver.Config{Name: fmt.Sprintf("bw-%d-%d", size, len(agents)), KVTransferTimeoutMs: 60000})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := a.Register(r); err != nil {
+				_ = a.Close()
+				b.Fatal(err)
+			}
+			agents = append(agents, a)
+		}
+		p := Connect(b, agents[0], agents[1])
+		stopWait := expecting(agents[1])
+		for _, count := range []int{1, 16, maxBlocks} {
+			pairs := make([]transceiver.BlockPair, count)
+			for i := range pairs {
+				pairs[i] = transceiver.BlockPair{Local: int32(2 * i), Remote: int32(2 * i)}
+			}
+			tr := transceiver.Transfer{Pairs: pairs}
+			b.Run(fmt.Sprintf("size=%dKB/blocks=%d", size>>10, count), func(b *testing.B) {
+				b.SetBytes(int64(size * count))
+				if err := p.Write(ctx, tr); err != nil {
+					b.Fatal(err)
+				}
+				for b.Loop() {
+					if err := p.Write(ctx, tr); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+		stopWait()
+		_ = p.Close()
+		for _, a := range agents {
+			_ = a.Close()
+		}
+	}
+}
+
+// expecting keeps a notification wait open on a until the returned func is
+// called, as a generation worker waits for its KV's notification while the
+// blocks arrive: a backend that progresses by polling (NIXL without its
+// progress thread) then polls at its fast rate, which transports that need
+// the target's progress (TCP) rely on.
+func expecting(a transceiver.Transceiver) (stop func()) {
+	w, ok := a.(transceiver.Waiter)
+	if !ok {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = w.WaitNotification(ctx, 1<<50)
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }

@@ -8,3 +8,7 @@ import "testing"
 // round trip and a push on request's round trip between two UCX agents of
 // one process (transceivertest.Suite.BenchLatency).
 func BenchmarkLatency(b *testing.B) { suite.BenchLatency(b) }
+
+// BenchmarkBandwidth is write bandwidth between two UCX agents of one
+// process against block size and count (transceivertest.Suite.BenchBandwidth).
+func BenchmarkBandwidth(b *testing.B) { suite.BenchBandwidth(b) }
