@@ -168,6 +168,7 @@ typedef struct {
 /* ucp_op_attr_t, ucp_ep_close_flags_t, enum ucp_send_am_flags */
 #define DXUCP_OP_ATTR_FIELD_FLAGS (1u << 4)
 #define DXUCP_OP_ATTR_FIELD_MEMORY_TYPE (1u << 6)
+#define DXUCP_OP_ATTR_FIELD_MEMH (1u << 8)
 #define DXUCP_EP_CLOSE_FLAG_FORCE (1u << 0)
 #define DXUCP_AM_SEND_FLAG_EAGER (1u << 1)
 

@@ -786,9 +786,9 @@ func (p *Peer) rma(ctx context.Context, t transceiver.Transfer, write bool, noti
 			raddr := C.uint64_t(p.remote.Base + uint64(d.RemoteOffset))
 			var r unsafe.Pointer
 			if write {
-				r = C.dxu_put(p.ep, local, C.size_t(d.Len), raddr, p.rkey, memType)
+				r = C.dxu_put(p.ep, local, C.size_t(d.Len), raddr, p.rkey, memType, a.memh)
 			} else {
-				r = C.dxu_get(p.ep, local, C.size_t(d.Len), raddr, p.rkey, memType)
+				r = C.dxu_get(p.ep, local, C.size_t(d.Len), raddr, p.rkey, memType, a.memh)
 			}
 			o.add(r)
 			if o.err != nil {

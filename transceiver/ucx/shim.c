@@ -281,23 +281,29 @@ dxucs_status_t dxu_rkey_unpack(dx_ep *e, const void *buf, dxucp_rkey_h *rkey) {
 
 void dxu_rkey_destroy(dxucp_rkey_h rkey) { u.rkey_destroy(rkey); }
 
-static void rma_param(dxucp_request_param_t *p, int memtype) {
+/* The local buffer's memory type and registration, so that UCX need not
+ * look either up for every operation. */
+static void rma_param(dxucp_request_param_t *p, int memtype, dxucp_mem_h memh) {
     memset(p, 0, sizeof(*p));
     if (memtype != DXUCS_MEMORY_TYPE_HOST) {
         p->op_attr_mask = DXUCP_OP_ATTR_FIELD_MEMORY_TYPE;
         p->memory_type = memtype;
     }
+    if (memh != NULL) {
+        p->op_attr_mask |= DXUCP_OP_ATTR_FIELD_MEMH;
+        p->memh = memh;
+    }
 }
 
-void *dxu_put(dx_ep *e, void *buf, size_t len, uint64_t raddr, dxucp_rkey_h rkey, int memtype) {
+void *dxu_put(dx_ep *e, void *buf, size_t len, uint64_t raddr, dxucp_rkey_h rkey, int memtype, dxucp_mem_h memh) {
     dxucp_request_param_t p;
-    rma_param(&p, memtype);
+    rma_param(&p, memtype, memh);
     return u.put_nbx(e->ep, buf, len, raddr, rkey, &p);
 }
 
-void *dxu_get(dx_ep *e, void *buf, size_t len, uint64_t raddr, dxucp_rkey_h rkey, int memtype) {
+void *dxu_get(dx_ep *e, void *buf, size_t len, uint64_t raddr, dxucp_rkey_h rkey, int memtype, dxucp_mem_h memh) {
     dxucp_request_param_t p;
-    rma_param(&p, memtype);
+    rma_param(&p, memtype, memh);
     return u.get_nbx(e->ep, buf, len, raddr, rkey, &p);
 }
 

@@ -67,8 +67,9 @@ void dxu_rkey_buffer_release(void *buf);
 dxucs_status_t dxu_rkey_unpack(dx_ep *e, const void *buf, dxucp_rkey_h *rkey);
 void dxu_rkey_destroy(dxucp_rkey_h rkey);
 
-void *dxu_put(dx_ep *e, void *buf, size_t len, uint64_t raddr, dxucp_rkey_h rkey, int memtype);
-void *dxu_get(dx_ep *e, void *buf, size_t len, uint64_t raddr, dxucp_rkey_h rkey, int memtype);
+/* memh: the registration holding buf (NULL: UCX looks it up). */
+void *dxu_put(dx_ep *e, void *buf, size_t len, uint64_t raddr, dxucp_rkey_h rkey, int memtype, dxucp_mem_h memh);
+void *dxu_get(dx_ep *e, void *buf, size_t len, uint64_t raddr, dxucp_rkey_h rkey, int memtype, dxucp_mem_h memh);
 void *dxu_am_send(dx_ep *e, unsigned id, const void *buf, size_t len);
 
 /* Status of a status-pointer returned by a *_nbx call: DXUCS_OK for NULL,
