@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make bench-transfer: the transceivers' write bandwidth against block size
-# and block count (UCX and NIXL, two agents of one process,
+# and block count (UCX and NIXL, to a peer process, as ucx_perftest runs,
 # BenchmarkBandwidth) beside ucx_perftest's put bandwidth on the same
 # transport in the same run, then their fixed costs (BenchmarkLatency).
 # UCX_TLS (default tcp: what UCX uses with peer error handling on a host

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"disagg/transceiver"
+	"disagg/worker/kvcache"
 )
 
 // BenchLatency measures a backend's fixed costs between two agents of one
@@ -176,33 +178,30 @@ func (s Suite) BenchLatency(b *testing.B) {
 	})
 }
 
-// BenchBandwidth measures write bandwidth between two agents of one process
-// against block size (4 KB, 64 KB, 1 MB) and block count (1, 16, 128): one
-// op is one Peer.Write of count blocks, each its own descriptor (every
-// other block on both sides, so none coalesce), and b.SetBytes makes the
-// result MB/s. `make bench-transfer` sets it beside ucx_perftest's put
-// bandwidth on the same transport (scripts/bench_transfer.sh).
+// BenchBandwidth measures write bandwidth to a peer process, as
+// ucx_perftest's put bandwidth runs between two processes, against block
+// size (4 KB, 64 KB, 1 MB) and block count (1, 16, 128): one op is one
+// Peer.Write of count blocks, each its own descriptor (every other block
+// on both sides, so none coalesce), and b.SetBytes makes the result MB/s.
+// The peer waits for a notification throughout, as a generation worker
+// waits for its KV's (a backend that progresses by polling then polls at
+// its fast rate, which transports that need the target's progress, TCP,
+// rely on). `make bench-transfer` sets it beside ucx_perftest on the same
+// transport (scripts/bench_transfer.sh).
 func (s Suite) BenchBandwidth(b *testing.B) {
 	s.Require(b)
 	const maxBlocks = 128
 	ctx := context.Background()
-	for _, size := range []int{4 << 10, 64 << 10, 1 << 20} {
-		src, dst := NewHostRegion(b, size, 2*maxBlocks), NewHostRegion(b, size, 2*maxBlocks)
-		FillRandom(src, 7)
-		var agents []transceiver.Transceiver
-		for _, r := range []transceiver.Region{src, dst} {
-			a, err := s.New(transceiver.Config{Name: fmt.Sprintf("bw-%d-%d", size, len(agents)), KVTransferTimeoutMs: 60000})
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := a.Register(r); err != nil {
-				_ = a.Close()
-				b.Fatal(err)
-			}
-			agents = append(agents, a)
+	// one layer, one KV head of 64 bf16: 4 KB per block at 16 tokens
+	for _, tpb := range []int{16, 256, 4096} {
+		layout := kvcache.Layout{Layers: 1, KVHeads: 1, HeadDim: 64, TokensPerBlock: tpb, DType: kvcache.BFloat16}
+		size := layout.BlockBytes()
+		p := s.setup(b, layout, 2*maxBlocks, 2*maxBlocks, 0)
+		const waitID = 1 << 50
+		nt, notifies := p.peer.(transceiver.Notifier)
+		if notifies {
+			p.c.send("WAIT %d %d -", uint64(waitID), 600000)
 		}
-		p := Connect(b, agents[0], agents[1])
-		stopWait := expecting(agents[1])
 		for _, count := range []int{1, 16, maxBlocks} {
 			pairs := make([]transceiver.BlockPair, count)
 			for i := range pairs {
@@ -211,21 +210,26 @@ func (s Suite) BenchBandwidth(b *testing.B) {
 			tr := transceiver.Transfer{Pairs: pairs}
 			b.Run(fmt.Sprintf("size=%dKB/blocks=%d", size>>10, count), func(b *testing.B) {
 				b.SetBytes(int64(size * count))
-				if err := p.Write(ctx, tr); err != nil {
+				if err := p.peer.Write(ctx, tr); err != nil {
 					b.Fatal(err)
 				}
 				for b.Loop() {
-					if err := p.Write(ctx, tr); err != nil {
+					if err := p.peer.Write(ctx, tr); err != nil {
 						b.Fatal(err)
 					}
 				}
 			})
 		}
-		stopWait()
-		_ = p.Close()
-		for _, a := range agents {
-			_ = a.Close()
+		if notifies {
+			// an error notification ends the peer's wait (with that error)
+			if err := nt.Notify(ctx, transceiver.Notification{RequestID: waitID, Err: "end of benchmark"}); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := p.c.reply(); err == nil || !strings.Contains(err.Error(), "end of benchmark") {
+				b.Fatalf("peer WAIT: %v, want the end-of-benchmark error", err)
+			}
 		}
+		p.c.exit()
 	}
 }
 

@@ -296,7 +296,7 @@ func replyErr(reply func(string, ...any), err error) {
 
 // child is the parent's handle on a peer process.
 type child struct {
-	t     *testing.T
+	t     testing.TB
 	cmd   *exec.Cmd
 	in    io.WriteCloser
 	lines chan string
@@ -321,7 +321,7 @@ func (c *child) exit() {
 	}
 }
 
-func startChild(t *testing.T, spec peerSpec) *child {
+func startChild(t testing.TB, spec peerSpec) *child {
 	t.Helper()
 	js, err := json.Marshal(spec)
 	if err != nil {

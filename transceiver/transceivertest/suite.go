@@ -38,12 +38,12 @@ type opts struct {
 	maxTokens                   int
 }
 
-func (s Suite) setup(t *testing.T, layout kvcache.Layout, parentBlocks, childBlocks, faultEvery int) *pair {
+func (s Suite) setup(t testing.TB, layout kvcache.Layout, parentBlocks, childBlocks, faultEvery int) *pair {
 	t.Helper()
 	return s.setupOpts(t, layout, parentBlocks, childBlocks, opts{faultEvery: faultEvery})
 }
 
-func (s Suite) setupOpts(t *testing.T, layout kvcache.Layout, parentBlocks, childBlocks int, o opts) *pair {
+func (s Suite) setupOpts(t testing.TB, layout kvcache.Layout, parentBlocks, childBlocks int, o opts) *pair {
 	t.Helper()
 	s.Require(t)
 	pool, err := kvcache.NewHostPool(layout, parentBlocks)
