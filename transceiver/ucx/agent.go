@@ -476,7 +476,7 @@ func (a *Agent) Register(r transceiver.Region) error {
 		if r.Mem.Device() {
 			// the loop thread posts every transfer of this region
 			if err := cudamem.BindThread(r.Mem.Ptr()); err != nil {
-				slog.Warn("ucx: the progress loop runs without the region's CUDA context current", "err", err)
+				a.log.Warn("ucx: the progress loop runs without the region's CUDA context current", "err", err)
 			}
 		}
 		var memh C.dxucp_mem_h
