@@ -1,6 +1,7 @@
 package transceiver
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -236,6 +237,15 @@ func (c Config) Validate() error {
 		return fmt.Errorf("transceiver: agent name longer than %d bytes", maxNameLen)
 	}
 	return nil
+}
+
+// TransferContext gives ctx the transfer timeout as its deadline when it
+// has none (the caller calls cancel either way).
+func (c Config) TransferContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, c.TransferTimeout())
 }
 
 // TransferTimeout is kv_transfer_timeout_ms as a duration (default 30 s).

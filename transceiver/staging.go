@@ -404,10 +404,7 @@ func (p *stagedPeer) plan(ctx context.Context, t Transfer) ([]int, context.Conte
 		order[i] = i
 	}
 	slices.SortFunc(order, func(a, b int) int { return int(t.Pairs[a].Local) - int(t.Pairs[b].Local) })
-	cancel := context.CancelFunc(func() {})
-	if _, ok := ctx.Deadline(); !ok {
-		ctx, cancel = context.WithTimeout(ctx, p.s.cfg.TransferTimeout())
-	}
+	ctx, cancel := p.s.cfg.TransferContext(ctx)
 	return order, ctx, cancel, nil
 }
 

@@ -395,3 +395,20 @@ func FuzzDecodeNotification(f *testing.F) {
 	f.Add(b)
 	f.Fuzz(func(t *testing.T, b []byte) { _, _ = DecodeNotification(b) })
 }
+
+func TestTransferContext(t *testing.T) {
+	cfg := Config{KVTransferTimeoutMs: 1500}
+	ctx, cancel := cfg.TransferContext(context.Background())
+	defer cancel()
+	d, ok := ctx.Deadline()
+	if left := time.Until(d); !ok || left > 1500*time.Millisecond || left < 1400*time.Millisecond {
+		t.Fatalf("deadline %v (set %v): want about kv_transfer_timeout_ms, 1.5 s, from now", left, ok)
+	}
+	mine, stop := context.WithTimeout(context.Background(), time.Hour)
+	defer stop()
+	ctx, cancel = cfg.TransferContext(mine)
+	defer cancel()
+	if d2, _ := ctx.Deadline(); d2.Before(time.Now().Add(59 * time.Minute)) {
+		t.Fatalf("a caller's deadline was replaced by %v", time.Until(d2))
+	}
+}

@@ -720,11 +720,8 @@ func (p *Peer) xfer(ctx context.Context, t transceiver.Transfer, write bool, not
 	if _, err := transceiver.Plan(t, region, p.remote); err != nil {
 		return err
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, a.cfg.TransferTimeout())
-		defer cancel()
-	}
+	ctx, cancel := a.cfg.TransferContext(ctx)
+	defer cancel()
 	opCode, what := C.dxnixl_xfer_op_t(C.DXNIXL_XFER_OP_READ), "read"
 	if write {
 		opCode, what = C.DXNIXL_XFER_OP_WRITE, "write"

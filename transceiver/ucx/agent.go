@@ -757,11 +757,8 @@ func (p *Peer) rma(ctx context.Context, t transceiver.Transfer, write bool, noti
 	if err != nil {
 		return err
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, a.cfg.TransferTimeout())
-		defer cancel()
-	}
+	ctx, cancel := a.cfg.TransferContext(ctx)
+	defer cancel()
 	memType := C.int(C.DXUCS_MEMORY_TYPE_HOST)
 	if region.Mem.Device() {
 		memType = C.DXUCS_MEMORY_TYPE_CUDA
@@ -826,11 +823,8 @@ func (p *Peer) Notify(ctx context.Context, n transceiver.Notification) error {
 	if err != nil {
 		return err
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, p.a.cfg.TransferTimeout())
-		defer cancel()
-	}
+	ctx, cancel := p.a.cfg.TransferContext(ctx)
+	defer cancel()
 	buf := C.CBytes(b)
 	posted := false
 	err = p.a.start(ctx, p, "notify", func(o *op) {
