@@ -19,7 +19,7 @@ if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then
     SUDO=sudo
 fi
 
-if ! ldconfig -p | grep -q 'libucp\.so\.0' || [ ! -f /usr/include/ucp/api/ucp.h ]; then
+if ! ldconfig -p | grep -q 'libucp\.so\.0' || [ ! -f /usr/include/ucp/api/ucp.h ] || ! command -v ucx_perftest >/dev/null; then
     $SUDO apt-get update
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends libucx-dev ucx-utils
 fi

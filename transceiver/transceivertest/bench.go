@@ -24,7 +24,7 @@ import (
 //     agent's answer (a write and a notification with checksums, the
 //     context worker's path) and the asker's WaitNotification.
 //
-// Both are latencies: each call waits for the previous one.
+// All three are latencies: each call waits for the previous one.
 func (s Suite) BenchLatency(b *testing.B) {
 	s.Require(b)
 	const bb = 4096
