@@ -223,6 +223,138 @@ func generationParams(r *ctxResult, id int64) *api.DisaggregatedParams {
 
 var errNoParams = errors.New("the context reply has no choices[0].disaggregated_params with first_gen_tokens")
 
+// ---- answers and stream events: the fix-ups shared by both endpoints ----
+//
+// A completions answer and a chat answer differ only in their choices, so
+// the proxy edits both with the same code below, reaching into each
+// endpoint's types through answerParts and chunkParts. What differs (chat's
+// role delta, its content pointer) stays in each endpoint's section.
+
+// answerParts points at what the proxy edits in a non-streamed answer
+// whose choices are of type C.
+type answerParts[C any] struct {
+	usage     *api.Usage
+	promptIDs *[]int32
+	choices   []C
+	// choice points at one choice's internal params and finish reason.
+	choice func(*C) (params **api.DisaggregatedParams, finish *string)
+}
+
+// chunkParts points at what the proxy edits in a stream event whose
+// choices are of type C.
+type chunkParts[C any] struct {
+	id      *string
+	usage   *api.Usage
+	choices *[]C
+}
+
+// answerFromContext is call.fromContext: the context reply without its
+// internal fields, every choice with the finish reason the proxy decided.
+func answerFromContext[A, C any](data []byte, r *ctxResult, parts func(*A) answerParts[C]) ([]byte, error) {
+	var reply A
+	if err := json.Unmarshal(data, &reply); err != nil {
+		return nil, err
+	}
+	p := parts(&reply)
+	for i := range p.choices {
+		params, finish := p.choice(&p.choices[i])
+		*params, *finish = nil, r.finish
+	}
+	*p.promptIDs = nil
+	return json.Marshal(&reply)
+}
+
+// fixAnswer is call.fixReply: it fills usage's missing prompt tokens and
+// drops internal fields, and returns data as it came when neither applies.
+func fixAnswer[A, C any](data []byte, r *ctxResult, parts func(*A) answerParts[C]) ([]byte, error) {
+	if fix, err := replyNeedsFix(data, r); err != nil || !fix {
+		return data, err
+	}
+	var reply A
+	if err := json.Unmarshal(data, &reply); err != nil {
+		return nil, err
+	}
+	p := parts(&reply)
+	changed := fixUsage(p.usage, r.promptTokens()) || *p.promptIDs != nil
+	*p.promptIDs = nil
+	for i := range p.choices {
+		if params, _ := p.choice(&p.choices[i]); *params != nil {
+			*params = nil
+			changed = true
+		}
+	}
+	if !changed {
+		return data, nil
+	}
+	return json.Marshal(&reply)
+}
+
+// contextStream is call.contextChunks: the chunk of the first choice, made
+// by first with the finish reason when the context reply finished the
+// request (nil otherwise), then, finished and asked for, the usage chunk
+// with no choices. newChunk makes an endpoint's chunk with r's id, time
+// and model.
+func contextStream[K, C any](r *ctxResult, finished, withUsage bool,
+	newChunk func(r *ctxResult, choices []C, u *api.Usage) *K, first func(finish *string) C) ([][]byte, error) {
+	var finish *string
+	if finished {
+		f := r.finish
+		finish = &f
+	}
+	b, err := json.Marshal(newChunk(r, []C{first(finish)}, nil))
+	if err != nil {
+		return nil, err
+	}
+	out := [][]byte{b}
+	if finished && withUsage && r.usage != nil {
+		if b, err = json.Marshal(newChunk(r, []C{}, r.usage)); err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+// fixStreamChunk is call.fixChunk: it fills usage's missing prompt
+// tokens, sets the stream's id, and while the stream's start is trimmed,
+// passes each choice through trim, which cuts what the client already has
+// and reports whether the choice has anything left to send. An event left
+// with neither choices nor usage is dropped.
+func fixStreamChunk[K, C any](data []byte, st *streamState, parts func(*K) chunkParts[C], trim func(*streamState, *C) bool) ([]byte, bool, error) {
+	if !st.needsFix(data) {
+		return data, false, nil
+	}
+	skipping := st.skipping()
+	var chunk K
+	if err := json.Unmarshal(data, &chunk); err != nil {
+		return nil, false, err
+	}
+	p := parts(&chunk)
+	changed := fixUsage(p.usage, st.promptTokens)
+	if st.id != "" && *p.id != st.id {
+		*p.id, changed = st.id, true
+	}
+	if skipping {
+		choices := *p.choices
+		kept := choices[:0]
+		for i := range choices {
+			if trim(st, &choices[i]) {
+				kept = append(kept, choices[i])
+			}
+		}
+		if len(kept) == 0 && p.usage == nil {
+			return nil, true, nil
+		}
+		*p.choices = kept
+		changed = true
+	}
+	if !changed {
+		return data, false, nil
+	}
+	out, err := json.Marshal(&chunk)
+	return out, false, err
+}
+
 // ---- /v1/completions ----
 
 type completionCall struct {
@@ -279,98 +411,45 @@ func (c *completionCall) generationBody(r *ctxResult, id int64) ([]byte, error) 
 }
 
 func (c *completionCall) fromContext(data []byte, r *ctxResult) ([]byte, error) {
-	var reply api.Completion
-	if err := json.Unmarshal(data, &reply); err != nil {
-		return nil, err
+	return answerFromContext(data, r, completionAnswer)
+}
+
+// completionAnswer points the shared fix-ups at a completions answer.
+func completionAnswer(a *api.Completion) answerParts[api.CompletionChoice] {
+	choice := func(ch *api.CompletionChoice) (**api.DisaggregatedParams, *string) {
+		return &ch.DisaggregatedParams, &ch.FinishReason
 	}
-	for i := range reply.Choices {
-		reply.Choices[i].DisaggregatedParams = nil
-		reply.Choices[i].FinishReason = r.finish
-	}
-	reply.PromptTokenIDs = nil
-	return json.Marshal(&reply)
+	return answerParts[api.CompletionChoice]{usage: a.Usage, promptIDs: &a.PromptTokenIDs, choices: a.Choices, choice: choice}
 }
 
 func (c *completionCall) contextChunks(r *ctxResult, finished bool) ([][]byte, error) {
-	chunk := api.CompletionChunk{ID: r.id, Object: api.ObjectCompletion, Created: r.created, Model: r.model,
-		Choices: []api.CompletionChunkChoice{{Index: 0, Text: r.text}}}
-	if !finished {
-		b, err := json.Marshal(&chunk)
-		return [][]byte{b}, err
-	}
-	f := r.finish
-	chunk.Choices[0].FinishReason = &f
-	out := make([][]byte, 0, 2)
-	b, err := json.Marshal(&chunk)
-	if err != nil {
-		return nil, err
-	}
-	out = append(out, b)
-	if c.includeUsage() && r.usage != nil {
-		u := api.CompletionChunk{ID: r.id, Object: api.ObjectCompletion, Created: r.created, Model: r.model,
-			Choices: []api.CompletionChunkChoice{}, Usage: r.usage}
-		if b, err = json.Marshal(&u); err != nil {
-			return nil, err
-		}
-		out = append(out, b)
-	}
-	return out, nil
+	return contextStream(r, finished, c.includeUsage(), newCompletionChunk, func(finish *string) api.CompletionChunkChoice {
+		return api.CompletionChunkChoice{Index: 0, Text: r.text, FinishReason: finish}
+	})
+}
+
+func newCompletionChunk(r *ctxResult, choices []api.CompletionChunkChoice, u *api.Usage) *api.CompletionChunk {
+	return &api.CompletionChunk{ID: r.id, Object: api.ObjectCompletion, Created: r.created, Model: r.model, Choices: choices, Usage: u}
 }
 
 func (c *completionCall) fixReply(data []byte, r *ctxResult) ([]byte, error) {
-	if fix, err := replyNeedsFix(data, r); err != nil || !fix {
-		return data, err
-	}
-	var reply api.Completion
-	if err := json.Unmarshal(data, &reply); err != nil {
-		return nil, err
-	}
-	changed := fixUsage(reply.Usage, r.promptTokens()) || reply.PromptTokenIDs != nil
-	reply.PromptTokenIDs = nil
-	for i := range reply.Choices {
-		if reply.Choices[i].DisaggregatedParams != nil {
-			reply.Choices[i].DisaggregatedParams = nil
-			changed = true
-		}
-	}
-	if !changed {
-		return data, nil
-	}
-	return json.Marshal(&reply)
+	return fixAnswer(data, r, completionAnswer)
 }
 
 func (c *completionCall) fixChunk(data []byte, st *streamState) ([]byte, bool, error) {
-	if !st.needsFix(data) {
-		return data, false, nil
-	}
-	skipping := st.skipping()
-	var chunk api.CompletionChunk
-	if err := json.Unmarshal(data, &chunk); err != nil {
-		return nil, false, err
-	}
-	changed := fixUsage(chunk.Usage, st.promptTokens)
-	if st.id != "" && chunk.ID != st.id {
-		chunk.ID, changed = st.id, true
-	}
-	if skipping {
-		kept := chunk.Choices[:0]
-		for _, ch := range chunk.Choices {
-			ch.Text = st.trim(ch.Text)
-			if ch.Text != "" || ch.FinishReason != nil || ch.Logprobs != nil {
-				kept = append(kept, ch)
-			}
-		}
-		if len(kept) == 0 && chunk.Usage == nil {
-			return nil, true, nil
-		}
-		chunk.Choices = kept
-		changed = true
-	}
-	if !changed {
-		return data, false, nil
-	}
-	out, err := json.Marshal(&chunk)
-	return out, false, err
+	return fixStreamChunk(data, st, completionChunk, (*streamState).trimCompletion)
+}
+
+// trimCompletion cuts from a choice's text what the client already has;
+// the choice stays while it has text, logprobs or a finish reason.
+func (st *streamState) trimCompletion(ch *api.CompletionChunkChoice) bool {
+	ch.Text = st.trim(ch.Text)
+	return ch.Text != "" || ch.FinishReason != nil || ch.Logprobs != nil
+}
+
+// completionChunk points the shared fix-ups at a completions stream event.
+func completionChunk(k *api.CompletionChunk) chunkParts[api.CompletionChunkChoice] {
+	return chunkParts[api.CompletionChunkChoice]{id: &k.ID, usage: k.Usage, choices: &k.Choices}
 }
 
 // ---- /v1/chat/completions ----
@@ -437,112 +516,64 @@ func (c *chatCall) generationBody(r *ctxResult, id int64) ([]byte, error) {
 }
 
 func (c *chatCall) fromContext(data []byte, r *ctxResult) ([]byte, error) {
-	var reply api.ChatCompletion
-	if err := json.Unmarshal(data, &reply); err != nil {
-		return nil, err
-	}
-	for i := range reply.Choices {
-		reply.Choices[i].DisaggregatedParams = nil
-		reply.Choices[i].FinishReason = r.finish
-	}
-	reply.PromptTokenIDs = nil
-	return json.Marshal(&reply)
+	return answerFromContext(data, r, chatAnswer)
 }
 
+// chatAnswer points the shared fix-ups at a chat answer.
+func chatAnswer(a *api.ChatCompletion) answerParts[api.ChatChoice] {
+	choice := func(ch *api.ChatChoice) (**api.DisaggregatedParams, *string) {
+		return &ch.DisaggregatedParams, &ch.FinishReason
+	}
+	return answerParts[api.ChatChoice]{usage: a.Usage, promptIDs: &a.PromptTokenIDs, choices: a.Choices, choice: choice}
+}
+
+// contextChunks: the first chunk carries the assistant's role, as a
+// worker's first chunk does.
 func (c *chatCall) contextChunks(r *ctxResult, finished bool) ([][]byte, error) {
-	text := r.text
-	chunk := api.ChatCompletionChunk{ID: r.id, Object: api.ObjectChatChunk, Created: r.created, Model: r.model,
-		Choices: []api.ChatChunkChoice{{Index: 0, Delta: api.ChatDelta{Role: api.RoleAssistant, Content: &text}}}}
-	if !finished {
-		b, err := json.Marshal(&chunk)
-		return [][]byte{b}, err
-	}
-	f := r.finish
-	chunk.Choices[0].FinishReason = &f
-	out := make([][]byte, 0, 2)
-	b, err := json.Marshal(&chunk)
-	if err != nil {
-		return nil, err
-	}
-	out = append(out, b)
-	if c.includeUsage() && r.usage != nil {
-		u := api.ChatCompletionChunk{ID: r.id, Object: api.ObjectChatChunk, Created: r.created, Model: r.model,
-			Choices: []api.ChatChunkChoice{}, Usage: r.usage}
-		if b, err = json.Marshal(&u); err != nil {
-			return nil, err
-		}
-		out = append(out, b)
-	}
-	return out, nil
+	return contextStream(r, finished, c.includeUsage(), newChatChunk, func(finish *string) api.ChatChunkChoice {
+		text := r.text
+		return api.ChatChunkChoice{Index: 0, Delta: api.ChatDelta{Role: api.RoleAssistant, Content: &text}, FinishReason: finish}
+	})
+}
+
+func newChatChunk(r *ctxResult, choices []api.ChatChunkChoice, u *api.Usage) *api.ChatCompletionChunk {
+	return &api.ChatCompletionChunk{ID: r.id, Object: api.ObjectChatChunk, Created: r.created, Model: r.model, Choices: choices, Usage: u}
 }
 
 func (c *chatCall) fixReply(data []byte, r *ctxResult) ([]byte, error) {
-	if fix, err := replyNeedsFix(data, r); err != nil || !fix {
-		return data, err
-	}
-	var reply api.ChatCompletion
-	if err := json.Unmarshal(data, &reply); err != nil {
-		return nil, err
-	}
-	changed := fixUsage(reply.Usage, r.promptTokens()) || reply.PromptTokenIDs != nil
-	reply.PromptTokenIDs = nil
-	for i := range reply.Choices {
-		if reply.Choices[i].DisaggregatedParams != nil {
-			reply.Choices[i].DisaggregatedParams = nil
-			changed = true
-		}
-	}
-	if !changed {
-		return data, nil
-	}
-	return json.Marshal(&reply)
+	return fixAnswer(data, r, chatAnswer)
 }
 
 func (c *chatCall) fixChunk(data []byte, st *streamState) ([]byte, bool, error) {
-	if !st.needsFix(data) {
-		return data, false, nil
-	}
 	skipping := st.skipping()
-	var chunk api.ChatCompletionChunk
-	if err := json.Unmarshal(data, &chunk); err != nil {
-		return nil, false, err
+	out, drop, err := fixStreamChunk(data, st, chatChunk, (*streamState).trimChat)
+	// Once content arrived, later role deltas are the worker's to send.
+	if skipping && err == nil && st.skip == "" {
+		st.skipRole = false
 	}
-	changed := fixUsage(chunk.Usage, st.promptTokens)
-	if st.id != "" && chunk.ID != st.id {
-		chunk.ID, changed = st.id, true
+	return out, drop, err
+}
+
+// trimChat drops the role the client already has (skipRole) and cuts from
+// the content what it has; the choice stays while it has a role, content,
+// logprobs or a finish reason.
+func (st *streamState) trimChat(ch *api.ChatChunkChoice) bool {
+	if st.skipRole {
+		ch.Delta.Role = ""
 	}
-	if skipping {
-		kept := chunk.Choices[:0]
-		for _, ch := range chunk.Choices {
-			if st.skipRole {
-				ch.Delta.Role = ""
-			}
-			if ch.Delta.Content != nil {
-				t := st.trim(*ch.Delta.Content)
-				ch.Delta.Content = &t
-				if t == "" {
-					ch.Delta.Content = nil
-				}
-			}
-			if ch.Delta.Role != "" || ch.Delta.Content != nil || ch.FinishReason != nil || ch.Logprobs != nil {
-				kept = append(kept, ch)
-			}
+	if ch.Delta.Content != nil {
+		t := st.trim(*ch.Delta.Content)
+		ch.Delta.Content = &t
+		if t == "" {
+			ch.Delta.Content = nil
 		}
-		// Once content arrived, later role deltas are the worker's to send.
-		if st.skip == "" {
-			st.skipRole = false
-		}
-		if len(kept) == 0 && chunk.Usage == nil {
-			return nil, true, nil
-		}
-		chunk.Choices = kept
-		changed = true
 	}
-	if !changed {
-		return data, false, nil
-	}
-	out, err := json.Marshal(&chunk)
-	return out, false, err
+	return ch.Delta.Role != "" || ch.Delta.Content != nil || ch.FinishReason != nil || ch.Logprobs != nil
+}
+
+// chatChunk points the shared fix-ups at a chat stream event.
+func chatChunk(k *api.ChatCompletionChunk) chunkParts[api.ChatChunkChoice] {
+	return chunkParts[api.ChatChunkChoice]{id: &k.ID, usage: k.Usage, choices: &k.Choices}
 }
 
 // ---- decoding and checks shared by both endpoints ----
