@@ -103,6 +103,8 @@ type Agent struct {
 	info       []byte
 	// mail matches received notifications with their waiters.
 	mail *transceiver.Mailbox
+	// hand carries the loop's answers to callers of submit.
+	hand transceiver.Handoff
 }
 
 // New loads libucp (cfg.UCXLib or DefaultLibrary) and starts an agent:
@@ -229,14 +231,15 @@ func (a *Agent) loop(ready chan<- error) {
 	timer := time.NewTimer(idleWait)
 	lastActive := time.Now()
 	for {
-		// woke: a goroutine waits on something this pass answered.
-		busy, woke := false, false
+		// answered: a caller of submit may wait on something this pass
+		// answered; delivered: a notification's waiter (blocked) does.
+		busy, answered, delivered := false, false, false
 	drain:
 		for i := 0; i < 64; i++ {
 			select {
 			case f := <-a.work:
 				f()
-				busy, woke = true, true
+				busy, answered = true, true
 			default:
 				break drain
 			}
@@ -245,13 +248,15 @@ func (a *Agent) loop(ready chan<- error) {
 			busy = true
 		}
 		if a.deliver() {
-			busy, woke = true, true
+			busy, delivered = true, true
 		}
 		if a.pollOps() {
-			busy, woke = true, true
+			busy, answered = true, true
 		}
-		if woke {
+		if delivered {
 			transceiver.YieldToWoken()
+		} else if answered {
+			a.hand.Answered()
 		}
 		if a.stopping {
 			if len(a.ops) == 0 {
@@ -315,18 +320,7 @@ func (a *Agent) submit(f func(), done <-chan error) error {
 	case <-a.loopDone:
 		return transceiver.ErrClosed
 	}
-	select {
-	case err := <-done:
-		return err
-	case <-a.loopDone:
-		// the loop may have answered just before it ended
-		select {
-		case err := <-done:
-			return err
-		default:
-			return transceiver.ErrClosed
-		}
-	}
+	return a.hand.Wait(done, a.loopDone)
 }
 
 // op is a set of outstanding UCX requests that complete together.
