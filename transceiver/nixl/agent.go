@@ -33,6 +33,7 @@ import (
 	"unsafe"
 
 	"disagg/transceiver"
+	"disagg/transceiver/internal/wakeup"
 )
 
 func init() {
@@ -58,13 +59,19 @@ var (
 // and no thread of NIXL's keeps a core busy (a tuning and diagnosis knob).
 const envProgressThread = "DISAGG_NIXL_PROGRESS_THREAD"
 
+// envTrace, set to 1, logs the phases of every transfer (hand-off to the
+// loop, request creation, post, completion, release) at info level (a
+// diagnosis knob).
+const envTrace = "DISAGG_NIXL_TRACE"
+
 const (
 	// idleWait is the loop's nap when nothing is expected: no transfer in
 	// flight, nobody waiting for a notification, no recent activity.
 	idleWait = 500 * time.Microsecond
 	// pollGap is the loop's nap while something is expected. It is a
-	// thread sleep (with the thread's timer slack cut to timerSlack): a Go
-	// timer this short often sleeps a millisecond, and NIXL offers no
+	// ppoll on the agent's wake-up eventfd (with the thread's timer slack
+	// cut to timerSlack), which work handed to the loop ends at once: a
+	// Go timer this short often sleeps a millisecond, and NIXL offers no
 	// event to sleep on, so each of a push's three hops through a loop
 	// would wait that long.
 	pollGap    = 20 * time.Microsecond
@@ -110,6 +117,10 @@ type Agent struct {
 	mail *transceiver.Mailbox
 	// hand carries the loop's answers to callers of do and transfers.
 	hand transceiver.Handoff
+	// trace: log every transfer's phases (DISAGG_NIXL_TRACE=1)
+	trace bool
+	// wake cuts the loop's nap short when work is handed to it.
+	wake *wakeup.FD
 }
 
 // New loads libnixl_capi.so, creates an agent named cfg.Name and a backend
@@ -133,10 +144,16 @@ func New(cfg transceiver.Config) (*Agent, error) {
 		peers:    map[*Peer]struct{}{},
 		mail:     transceiver.NewMailbox(),
 	}
+	w, err := wakeup.New()
+	if err != nil {
+		return nil, fmt.Errorf("nixl: eventfd: %w", err)
+	}
+	a.wake = w
 	ready := make(chan error, 1)
 	go a.loop(ready)
 	if err := <-ready; err != nil {
 		<-a.loopDone
+		_ = a.wake.Close()
 		return nil, err
 	}
 	return a, nil
@@ -189,6 +206,7 @@ func (a *Agent) explainPlugin() string {
 }
 
 func (a *Agent) setup() error {
+	a.trace = os.Getenv(envTrace) == "1"
 	name := C.CString(a.cfg.Name)
 	defer C.free(unsafe.Pointer(name))
 	want := C.int(0)
@@ -337,7 +355,9 @@ func (a *Agent) loop(ready chan<- error) {
 			continue
 		}
 		if a.mail.Waiting() || time.Since(lastActive) < spinAfterActivity {
-			_ = unix.Nanosleep(&unix.Timespec{Nsec: int64(pollGap)}, nil)
+			if _, err := a.wake.Sleep(-1, pollGap); err != nil {
+				a.log.Debug("nixl: poll", "err", err)
+			}
 			continue
 		}
 		timer.Reset(idleWait)
@@ -365,6 +385,7 @@ func (a *Agent) do(fn func() error) error {
 	errc := make(chan error, 1)
 	select {
 	case a.work <- func() { errc <- fn() }:
+		a.wake.Wake()
 	case <-a.loopDone:
 		return transceiver.ErrClosed
 	}
@@ -382,6 +403,22 @@ type op struct {
 	finished bool      // NIXL reported completion or failure
 	done     chan error
 	what     string
+	trace    *opTrace // DISAGG_NIXL_TRACE=1
+}
+
+// opTrace is when each phase of a transfer ended.
+type opTrace struct {
+	start, inLoop, made, posted, complete time.Time
+}
+
+// log writes t's phases, the last one (release) ending now.
+func (t *opTrace) log(l *slog.Logger, what string) {
+	now := time.Now()
+	if t.complete.IsZero() { // completed by the post itself
+		t.complete = t.posted
+	}
+	l.Info("nixl: transfer phases", "what", what, "to_loop", t.inLoop.Sub(t.start), "make", t.made.Sub(t.inLoop),
+		"post", t.posted.Sub(t.made), "complete", t.complete.Sub(t.posted), "release", now.Sub(t.complete))
 }
 
 // release frees the request; it reports false while NIXL refuses (an
@@ -410,6 +447,9 @@ func (a *Agent) pollOps() bool {
 			case st == C.DXNIXL_IN_PROG:
 			case st == C.DXNIXL_SUCCESS:
 				o.finished = true
+				if o.trace != nil {
+					o.trace.complete = time.Now()
+				}
 			default:
 				o.finished = true
 				if o.err == nil {
@@ -458,6 +498,9 @@ func (a *Agent) pollOps() bool {
 		}
 		if !a.release(o) {
 			a.log.Warn("nixl: release of a finished transfer failed", "peer", o.peer.name)
+		}
+		if o.trace != nil {
+			o.trace.log(a.log, o.what)
 		}
 		o.done <- o.err
 		changed = true
@@ -740,12 +783,18 @@ func (p *Peer) xfer(ctx context.Context, t transceiver.Transfer, write bool, not
 		idx[i], idx[np+i] = C.int(pr.Local), C.int(pr.Remote)
 	}
 	o := &op{ctx: ctx, peer: p, done: make(chan error, 1), what: what}
+	if a.trace {
+		o.trace = &opTrace{start: time.Now()}
+	}
 	err := a.do(func() error {
 		if a.stopping {
 			return transceiver.ErrClosed
 		}
 		if err := p.usable(); err != nil {
 			return err
+		}
+		if o.trace != nil {
+			o.trace.inLoop = time.Now()
 		}
 		a.posted++
 		if a.cfg.FaultEvery > 0 && a.posted%uint64(a.cfg.FaultEvery) == 0 {
@@ -771,6 +820,9 @@ func (p *Peer) xfer(ctx context.Context, t transceiver.Transfer, write bool, not
 			a.release(o)
 			return fmt.Errorf("nixl: create %s request to %s: %w", what, p.name, err)
 		}
+		if o.trace != nil {
+			o.trace.made = time.Now()
+		}
 		switch st := C.dxn_post(a.agent, o.req, args); {
 		case st == C.DXNIXL_SUCCESS:
 			o.finished = true
@@ -778,6 +830,9 @@ func (p *Peer) xfer(ctx context.Context, t transceiver.Transfer, write bool, not
 		default:
 			o.finished = true
 			o.err = fmt.Errorf("nixl: post %s to %s: %w", what, p.name, Status(st))
+		}
+		if o.trace != nil {
+			o.trace.posted = time.Now()
 		}
 		a.ops = append(a.ops, o)
 		return nil
@@ -860,6 +915,9 @@ func (a *Agent) Close() error {
 	a.closed = true
 	a.mu.Unlock()
 	<-a.loopDone
+	if err := a.wake.Close(); err != nil {
+		a.log.Debug("nixl: close eventfd", "err", err)
+	}
 	if errors.Is(err, transceiver.ErrClosed) {
 		return nil
 	}

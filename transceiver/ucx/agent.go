@@ -22,7 +22,7 @@ import (
 
 	"disagg/transceiver"
 	"disagg/transceiver/internal/cudamem"
-	"golang.org/x/sys/unix"
+	"disagg/transceiver/internal/wakeup"
 )
 
 func init() {
@@ -91,10 +91,9 @@ type Agent struct {
 	memTypes uint64 // set before the loop serves requests, then read-only
 	efd      int    // the worker's event fd (loop goroutine)
 
-	// wakeFD is an eventfd the loop sleeps on beside the worker's, so
-	// that handing it work wakes it; -1 once closed.
-	wakeMu sync.RWMutex
-	wakeFD int
+	// wake is the eventfd the loop sleeps on beside the worker's, so that
+	// handing it work wakes it.
+	wake *wakeup.FD
 
 	mu         sync.Mutex
 	closed     bool
@@ -123,11 +122,11 @@ func New(cfg transceiver.Config) (*Agent, error) {
 		peers:    map[*Peer]struct{}{},
 		mail:     transceiver.NewMailbox(),
 	}
-	fd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	w, err := wakeup.New()
 	if err != nil {
 		return nil, fmt.Errorf("ucx: eventfd: %w", err)
 	}
-	a.wakeFD = fd
+	a.wake = w
 	ready := make(chan error, 1)
 	go a.loop(ready)
 	if err := <-ready; err != nil {
@@ -316,7 +315,7 @@ func (a *Agent) submit(f func(), done <-chan error) error {
 	}
 	select {
 	case a.work <- f:
-		a.wake()
+		a.wake.Wake()
 	case <-a.loopDone:
 		return transceiver.ErrClosed
 	}
@@ -920,37 +919,13 @@ func (a *Agent) Close() error {
 // sleep blocks the loop until the worker has events, work is handed in,
 // or maxSleep passes; the worker must be armed. Loop goroutine only.
 func (a *Agent) sleep() {
-	a.wakeMu.RLock()
-	wfd := a.wakeFD
-	a.wakeMu.RUnlock()
-	fds := []unix.PollFd{{Fd: int32(a.efd), Events: unix.POLLIN}, {Fd: int32(wfd), Events: unix.POLLIN}}
-	if _, err := unix.Poll(fds, int(maxSleep/time.Millisecond)); err != nil && !errors.Is(err, unix.EINTR) {
+	if _, err := a.wake.Sleep(a.efd, maxSleep); err != nil {
 		a.log.Debug("ucx: poll", "err", err)
 	}
-	if fds[1].Revents&unix.POLLIN != 0 {
-		var buf [8]byte
-		_, _ = unix.Read(wfd, buf[:]) // drain; EAGAIN is fine
-	}
-}
-
-// wake makes a sleeping loop look at its work queue.
-func (a *Agent) wake() {
-	a.wakeMu.RLock()
-	defer a.wakeMu.RUnlock()
-	if a.wakeFD < 0 {
-		return
-	}
-	one := [8]byte{1}
-	_, _ = unix.Write(a.wakeFD, one[:]) // EAGAIN: a wakeup is pending already
 }
 
 func (a *Agent) closeWake() {
-	a.wakeMu.Lock()
-	defer a.wakeMu.Unlock()
-	if a.wakeFD >= 0 {
-		if err := unix.Close(a.wakeFD); err != nil {
-			a.log.Debug("ucx: close eventfd", "err", err)
-		}
-		a.wakeFD = -1
+	if err := a.wake.Close(); err != nil {
+		a.log.Debug("ucx: close eventfd", "err", err)
 	}
 }
