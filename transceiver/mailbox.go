@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 )
 
 // maxQueuedNotifications bounds the notifications kept for nobody yet.
@@ -17,6 +18,7 @@ type Mailbox struct {
 	mu      sync.Mutex
 	notes   map[uint64]Notification
 	waiters map[uint64]chan Notification
+	parked  atomic.Int32 // waiters blocked in Wait
 }
 
 // NewMailbox makes an empty mailbox.
@@ -40,6 +42,10 @@ func (m *Mailbox) Deliver(n Notification) bool {
 	m.notes[n.RequestID] = n
 	return true
 }
+
+// Parked reports whether a waiter may be blocked in Wait: a loop that has
+// delivered notifications yields its thread then (YieldToWoken).
+func (m *Mailbox) Parked() bool { return m.parked.Load() > 0 }
 
 // Waiting reports whether any request is waiting for its notification
 // (a backend that polls for notifications polls faster then).
@@ -66,11 +72,36 @@ func (m *Mailbox) Wait(ctx context.Context, requestID uint64, closed <-chan stru
 	ch := make(chan Notification, 1)
 	m.waiters[requestID] = ch
 	m.mu.Unlock()
-	select {
-	case n := <-ch:
-		return n, nil
-	case <-ctx.Done():
-	case <-closed:
+	// poll first where threads are to spare (see Handoff): a push's
+	// notification comes a transfer's time after the wait begins
+	var (
+		got   Notification
+		found bool
+	)
+	if !spin(func() bool {
+		select {
+		case got = <-ch:
+			found = true
+			return true
+		case <-ctx.Done():
+			return true
+		case <-closed:
+			return true
+		default:
+			return false
+		}
+	}) {
+		m.parked.Add(1)
+		select {
+		case got = <-ch:
+			found = true
+		case <-ctx.Done():
+		case <-closed:
+		}
+		m.parked.Add(-1)
+	}
+	if found {
+		return got, nil
 	}
 	m.mu.Lock()
 	if m.waiters[requestID] == ch {

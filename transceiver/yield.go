@@ -38,7 +38,40 @@ var (
 	// the peer need them: on two cores a polling caller made a one-block
 	// UCX write 72–106 → 412–470 µs), else a quarter of them.
 	maxSpinners int32
+	// spinners counts the goroutines polling now, in this process.
+	spinners atomic.Int32
 )
+
+// spin calls try, a check that does not block, until it reports true or
+// spinWait passes, where a goroutine may poll (see Handoff); it reports
+// whether try succeeded.
+func spin(try func() bool) bool {
+	spinOnce.Do(func() {
+		switch n := runtime.GOMAXPROCS(0); {
+		case os.Getenv(EnvSpinWait) == "0":
+		case n >= 4:
+			maxSpinners = int32(n / 4)
+		case os.Getenv(EnvSpinWait) == "1":
+			maxSpinners = 1
+		}
+	})
+	if maxSpinners == 0 {
+		return false
+	}
+	defer spinners.Add(-1)
+	if spinners.Add(1) > maxSpinners {
+		return false
+	}
+	start := time.Now()
+	for i := 1; ; i++ {
+		if try() {
+			return true
+		}
+		if i%32 == 0 && time.Since(start) > spinWait {
+			return false
+		}
+	}
+}
 
 // Handoff carries a progress loop's answers to the goroutines that wait
 // for them. A goroutine woken from a channel wait reaches its CPU only
@@ -50,41 +83,25 @@ var (
 // between two processes on the GPU: a one-block write 43–51 → 14–16 µs, a
 // 46 MB write 68–73 → 56–57 µs. The zero value is ready to use.
 type Handoff struct {
-	parked   atomic.Int32 // callers blocked in Wait
-	spinning atomic.Int32 // callers polling in Wait
+	parked atomic.Int32 // callers blocked in Wait
 }
 
 // Wait returns the answer sent on done, or ErrClosed once loopDone is
 // closed without one.
 func (h *Handoff) Wait(done <-chan error, loopDone <-chan struct{}) error {
-	spinOnce.Do(func() {
-		switch n := runtime.GOMAXPROCS(0); {
-		case os.Getenv(EnvSpinWait) == "0":
-		case n >= 4:
-			maxSpinners = int32(n / 4)
-		case os.Getenv(EnvSpinWait) == "1":
-			maxSpinners = 1
+	var answer error
+	if spin(func() bool {
+		select {
+		case answer = <-done:
+			return true
+		case <-loopDone:
+			answer = answerOrClosed(done)
+			return true
+		default:
+			return false
 		}
-	})
-	if maxSpinners > 0 && h.spinning.Add(1) <= maxSpinners {
-		start := time.Now()
-		for i := 1; ; i++ {
-			select {
-			case err := <-done:
-				h.spinning.Add(-1)
-				return err
-			case <-loopDone:
-				h.spinning.Add(-1)
-				return answerOrClosed(done)
-			default:
-			}
-			if i%32 == 0 && time.Since(start) > spinWait {
-				break
-			}
-		}
-	}
-	if maxSpinners > 0 {
-		h.spinning.Add(-1)
+	}) {
+		return answer
 	}
 	h.parked.Add(1)
 	defer h.parked.Add(-1)
@@ -96,13 +113,9 @@ func (h *Handoff) Wait(done <-chan error, loopDone <-chan struct{}) error {
 	}
 }
 
-// Answered is called by the loop after a pass that answered callers of
-// Wait: it yields the loop's thread if one of them may be blocked.
-func (h *Handoff) Answered() {
-	if h.parked.Load() > 0 {
-		YieldToWoken()
-	}
-}
+// Parked reports whether a caller of Wait may be blocked: a loop that has
+// answered callers yields its thread then (YieldToWoken).
+func (h *Handoff) Parked() bool { return h.parked.Load() > 0 }
 
 // answerOrClosed: the loop may have answered just before it ended.
 func answerOrClosed(done <-chan error) error {

@@ -324,13 +324,12 @@ func (a *Agent) loop(ready chan<- error) {
 		if a.pollOps() {
 			busy = true
 		}
-		// each of these answers a waiting goroutine: a notification's
-		// waiter is blocked, a caller of do or a transfer may be polling
+		// each of these answers a waiting goroutine, which may be blocked
 		if notified {
 			busy = true
+		}
+		if (notified && a.mail.Parked()) || (busy && a.hand.Parked()) {
 			transceiver.YieldToWoken()
-		} else if busy {
-			a.hand.Answered()
 		}
 		if a.stopping {
 			if len(a.ops) == 0 {

@@ -231,7 +231,7 @@ func (a *Agent) loop(ready chan<- error) {
 	lastActive := time.Now()
 	for {
 		// answered: a caller of submit may wait on something this pass
-		// answered; delivered: a notification's waiter (blocked) does.
+		// answered; delivered: a notification's waiter may.
 		busy, answered, delivered := false, false, false
 	drain:
 		for i := 0; i < 64; i++ {
@@ -252,10 +252,8 @@ func (a *Agent) loop(ready chan<- error) {
 		if a.pollOps() {
 			busy, answered = true, true
 		}
-		if delivered {
+		if (answered && a.hand.Parked()) || (delivered && a.mail.Parked()) {
 			transceiver.YieldToWoken()
-		} else if answered {
-			a.hand.Answered()
 		}
 		if a.stopping {
 			if len(a.ops) == 0 {
