@@ -22,9 +22,8 @@ func YieldToWoken() { runtime.Gosched() }
 
 // EnvSpinWait, set to 0, makes every goroutine waiting for its progress
 // loop's answer block at once instead of polling for it first; set to 1,
-// lets one caller at a time poll even with fewer than four threads (a
-// tuning and diagnosis knob; tests use it to run the polling path on small
-// machines).
+// lets one caller at a time poll even with fewer than four threads, to
+// try the polling path on a small machine (a tuning and diagnosis knob).
 const EnvSpinWait = "DISAGG_SPIN_WAIT"
 
 // spinWait bounds how long a caller polls for its answer before it blocks:
