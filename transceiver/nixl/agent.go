@@ -349,11 +349,14 @@ func (a *Agent) loop(ready chan<- error) {
 		// is in flight (a pause of pollGap between polls added about 17 µs
 		// to a 46 MB GPU write of about 95), every pollGap while a
 		// notification is expected, as on the receiving side of a KV
-		// transfer, else every idleWait.
-		if len(a.ops) > 0 {
+		// transfer, or while aborted transfers wait for their release (as
+		// before: NIXL 1.5.1 once crashed in getNotifs when such a peer
+		// came back and exited, with the loop polling without a pause),
+		// else every idleWait.
+		if a.transferring() {
 			continue
 		}
-		if a.mail.Waiting() || time.Since(lastActive) < spinAfterActivity {
+		if len(a.ops) > 0 || a.mail.Waiting() || time.Since(lastActive) < spinAfterActivity {
 			if _, err := a.wake.Sleep(-1, pollGap); err != nil {
 				a.log.Debug("nixl: poll", "err", err)
 			}
@@ -389,6 +392,17 @@ func (a *Agent) do(fn func() error) error {
 		return transceiver.ErrClosed
 	}
 	return a.hand.Wait(errc, a.loopDone)
+}
+
+// transferring reports whether a transfer is in flight and not aborted;
+// loop goroutine only.
+func (a *Agent) transferring() bool {
+	for _, o := range a.ops {
+		if !o.finished && o.aborted.IsZero() {
+			return true
+		}
+	}
+	return false
 }
 
 // op is one posted NIXL transfer request.
