@@ -8,16 +8,24 @@ import (
 	"time"
 )
 
-// TestHandoff runs Handoff.Wait and Mailbox.Wait both ways (polling first where threads are to
-// spare, blocking at once otherwise): every answer reaches its caller,
-// an answer sent just before the loop ends still does, and a loop that
-// ends without one gives ErrClosed.
-func TestHandoff(t *testing.T) {
+// eachSpinLimit runs f with polling off (limit 0) and on (limit 2),
+// whatever this machine's threads would choose.
+func eachSpinLimit(t *testing.T, f func(limit int32)) {
 	spinOnce.Do(func() {})
 	saved := maxSpinners
 	t.Cleanup(func() { maxSpinners = saved })
 	for _, limit := range []int32{0, 2} {
 		maxSpinners = limit
+		f(limit)
+	}
+}
+
+// TestHandoff runs Handoff.Wait both ways (polling first where threads are
+// to spare, blocking at once otherwise): every answer reaches its caller,
+// an answer sent just before the loop ends still does, and a loop that
+// ends without one gives ErrClosed.
+func TestHandoff(t *testing.T) {
+	eachSpinLimit(t, func(limit int32) {
 		var h Handoff
 		loopDone := make(chan struct{})
 		work := make(chan chan error)
@@ -66,18 +74,14 @@ func TestHandoff(t *testing.T) {
 		if err := h.Wait(make(chan error, 1), loopDone); !errors.Is(err, ErrClosed) {
 			t.Fatalf("limit %d: loop ended without an answer: %v, want ErrClosed", limit, err)
 		}
-	}
+	})
 }
 
 // TestMailboxWaitBothWays: notifications delivered within and past the
 // polling time reach their waiters, and a waiter whose context ends or
 // whose loop closes gives up, polling first or not.
 func TestMailboxWaitBothWays(t *testing.T) {
-	spinOnce.Do(func() {})
-	saved := maxSpinners
-	t.Cleanup(func() { maxSpinners = saved })
-	for _, limit := range []int32{0, 2} {
-		maxSpinners = limit
+	eachSpinLimit(t, func(limit int32) {
 		m := NewMailbox()
 		never := make(chan struct{})
 		for i, delay := range []time.Duration{0, 50 * time.Microsecond, 400 * time.Microsecond, 5 * time.Millisecond} {
@@ -106,5 +110,5 @@ func TestMailboxWaitBothWays(t *testing.T) {
 		if m.Parked() || m.Waiting() {
 			t.Fatalf("limit %d: a waiter left behind", limit)
 		}
-	}
+	})
 }

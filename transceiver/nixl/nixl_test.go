@@ -263,7 +263,7 @@ func TestForgedRegionRejected(t *testing.T) {
 // request's round trip between two NIXL agents of one process (UCX plugin).
 func BenchmarkLatency(b *testing.B) { suite.BenchLatency(b) }
 
-// BenchmarkBandwidth is write bandwidth between two NIXL agents of one
+// BenchmarkBandwidth is write bandwidth from a NIXL agent to one in a peer
 // process against block size and count (transceivertest.Suite.BenchBandwidth).
 func BenchmarkBandwidth(b *testing.B) { suite.BenchBandwidth(b) }
 

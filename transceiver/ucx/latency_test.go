@@ -9,6 +9,6 @@ import "testing"
 // one process (transceivertest.Suite.BenchLatency).
 func BenchmarkLatency(b *testing.B) { suite.BenchLatency(b) }
 
-// BenchmarkBandwidth is write bandwidth between two UCX agents of one
+// BenchmarkBandwidth is write bandwidth from a UCX agent to one in a peer
 // process against block size and count (transceivertest.Suite.BenchBandwidth).
 func BenchmarkBandwidth(b *testing.B) { suite.BenchBandwidth(b) }
