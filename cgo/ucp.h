@@ -15,6 +15,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/socket.h>
 
 /* ucs_status_t is a packed enum: one signed byte. */
@@ -24,6 +25,8 @@ typedef void *dxucs_status_ptr_t;
 #define DXUCS_OK 0
 #define DXUCS_INPROGRESS 1
 #define DXUCS_ERR_NO_MESSAGE (-1)
+#define DXUCS_ERR_NO_MEMORY (-4)
+#define DXUCS_ERR_INVALID_PARAM (-5)
 #define DXUCS_ERR_BUSY (-15)
 #define DXUCS_ERR_CANCELED (-16)
 #define DXUCS_ERR_TIMED_OUT (-20)
@@ -97,6 +100,7 @@ typedef struct {
 
 /* enum ucp_worker_attr_field */
 #define DXUCP_WORKER_ATTR_FIELD_ADDRESS (1ull << 1)
+#define DXUCP_WORKER_ATTR_FIELD_MAX_AM_HEADER (1ull << 3)
 
 typedef struct {
     uint64_t field_mask;
@@ -166,11 +170,29 @@ typedef struct {
 } dxucp_mem_map_params_t;
 
 /* ucp_op_attr_t, ucp_ep_close_flags_t, enum ucp_send_am_flags */
+#define DXUCP_OP_ATTR_FIELD_CALLBACK (1u << 1)
+#define DXUCP_OP_ATTR_FIELD_USER_DATA (1u << 2)
+#define DXUCP_OP_ATTR_FIELD_DATATYPE (1u << 3)
 #define DXUCP_OP_ATTR_FIELD_FLAGS (1u << 4)
 #define DXUCP_OP_ATTR_FIELD_MEMORY_TYPE (1u << 6)
 #define DXUCP_OP_ATTR_FIELD_MEMH (1u << 8)
 #define DXUCP_EP_CLOSE_FLAG_FORCE (1u << 0)
+#define DXUCP_AM_SEND_FLAG_REPLY (1u << 0)
 #define DXUCP_AM_SEND_FLAG_EAGER (1u << 1)
+
+/* ucp_dt_type: the class of a ucp_datatype_t (a uint64_t) */
+#define DXUCP_DATATYPE_CONTIG 0
+#define DXUCP_DATATYPE_IOV 2
+
+typedef struct {
+    void *buffer;
+    size_t length;
+} dxucp_dt_iov_t;
+
+/* ucp_send_nbx_callback_t and ucp_am_recv_data_nbx_callback_t */
+typedef void (*dxucp_send_nbx_callback_t)(void *request, dxucs_status_t status, void *user_data);
+typedef void (*dxucp_am_recv_data_nbx_callback_t)(void *request, dxucs_status_t status, size_t length,
+                                                  void *user_data);
 
 typedef struct {
     uint32_t op_attr_mask;
@@ -191,6 +213,7 @@ typedef struct {
 } dxucp_am_recv_param_t;
 
 /* ucp_am_recv_attr_t */
+#define DXUCP_AM_RECV_ATTR_FIELD_REPLY_EP (1ull << 0)
 #define DXUCP_AM_RECV_ATTR_FLAG_DATA (1ull << 16)
 #define DXUCP_AM_RECV_ATTR_FLAG_RNDV (1ull << 17)
 
@@ -247,6 +270,9 @@ typedef dxucs_status_ptr_t (*dxucp_get_nbx_fn)(dxucp_ep_h ep, void *buffer, size
 typedef dxucs_status_ptr_t (*dxucp_am_send_nbx_fn)(dxucp_ep_h ep, unsigned id, const void *header,
                                                    size_t header_length, const void *buffer, size_t count,
                                                    const dxucp_request_param_t *param);
+typedef dxucs_status_ptr_t (*dxucp_am_recv_data_nbx_fn)(dxucp_worker_h worker, void *data_desc, void *buffer,
+                                                        size_t count, const dxucp_request_param_t *param);
+typedef void (*dxucp_ep_print_info_fn)(dxucp_ep_h ep, FILE *stream);
 typedef dxucs_status_t (*dxucp_request_check_status_fn)(void *request);
 typedef void (*dxucp_request_free_fn)(void *request);
 typedef const char *(*dxucs_status_string_fn)(dxucs_status_t status);

@@ -22,6 +22,7 @@ var abiChecks = []struct{ ours, theirs string }{
 	{"dxucp_request_param_t", "ucp_request_param_t"},
 	{"dxucp_am_recv_param_t", "ucp_am_recv_param_t"},
 	{"dxucp_am_handler_param_t", "ucp_am_handler_param_t"},
+	{"dxucp_dt_iov_t", "ucp_dt_iov_t"},
 }
 
 var abiFields = map[string][]string{
@@ -34,6 +35,7 @@ var abiFields = map[string][]string{
 	"dxucp_request_param_t":    {"op_attr_mask", "flags", "request", "cb", "datatype", "user_data", "reply_buffer", "memory_type", "recv_info", "memh"},
 	"dxucp_am_recv_param_t":    {"recv_attr", "reply_ep"},
 	"dxucp_am_handler_param_t": {"field_mask", "id", "flags", "cb", "arg"},
+	"dxucp_dt_iov_t":           {"buffer", "length"},
 }
 
 var abiConsts = [][2]string{
@@ -46,6 +48,7 @@ var abiConsts = [][2]string{
 	{"DXUCP_PARAM_FIELD_MT_WORKERS_SHARED", "UCP_PARAM_FIELD_MT_WORKERS_SHARED"},
 	{"DXUCP_WORKER_PARAM_FIELD_THREAD_MODE", "UCP_WORKER_PARAM_FIELD_THREAD_MODE"},
 	{"DXUCP_WORKER_ATTR_FIELD_ADDRESS", "UCP_WORKER_ATTR_FIELD_ADDRESS"},
+	{"DXUCP_WORKER_ATTR_FIELD_MAX_AM_HEADER", "UCP_WORKER_ATTR_FIELD_MAX_AM_HEADER"},
 	{"DXUCP_ATTR_FIELD_MEMORY_TYPES", "UCP_ATTR_FIELD_MEMORY_TYPES"},
 	{"DXUCP_EP_PARAM_FIELD_REMOTE_ADDRESS", "UCP_EP_PARAM_FIELD_REMOTE_ADDRESS"},
 	{"DXUCP_EP_PARAM_FIELD_ERR_HANDLING_MODE", "UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE"},
@@ -59,6 +62,13 @@ var abiConsts = [][2]string{
 	{"DXUCP_OP_ATTR_FIELD_MEMH", "UCP_OP_ATTR_FIELD_MEMH"},
 	{"DXUCP_EP_CLOSE_FLAG_FORCE", "UCP_EP_CLOSE_FLAG_FORCE"},
 	{"DXUCP_AM_SEND_FLAG_EAGER", "UCP_AM_SEND_FLAG_EAGER"},
+	{"DXUCP_AM_SEND_FLAG_REPLY", "UCP_AM_SEND_FLAG_REPLY"},
+	{"DXUCP_AM_RECV_ATTR_FIELD_REPLY_EP", "UCP_AM_RECV_ATTR_FIELD_REPLY_EP"},
+	{"DXUCP_OP_ATTR_FIELD_CALLBACK", "UCP_OP_ATTR_FIELD_CALLBACK"},
+	{"DXUCP_OP_ATTR_FIELD_USER_DATA", "UCP_OP_ATTR_FIELD_USER_DATA"},
+	{"DXUCP_OP_ATTR_FIELD_DATATYPE", "UCP_OP_ATTR_FIELD_DATATYPE"},
+	{"DXUCP_DATATYPE_CONTIG", "UCP_DATATYPE_CONTIG"}, {"DXUCP_DATATYPE_IOV", "UCP_DATATYPE_IOV"},
+	{"DXUCS_ERR_INVALID_PARAM", "UCS_ERR_INVALID_PARAM"}, {"DXUCS_ERR_NO_MEMORY", "UCS_ERR_NO_MEMORY"},
 	{"DXUCP_AM_RECV_ATTR_FLAG_DATA", "UCP_AM_RECV_ATTR_FLAG_DATA"},
 	{"DXUCP_AM_RECV_ATTR_FLAG_RNDV", "UCP_AM_RECV_ATTR_FLAG_RNDV"},
 	{"DXUCP_AM_HANDLER_PARAM_FIELD_ID", "UCP_AM_HANDLER_PARAM_FIELD_ID"},
@@ -82,6 +92,7 @@ var abiFunctions = [][2]string{
 	{"dxucp_am_send_nbx_fn", "ucp_am_send_nbx"}, {"dxucp_request_check_status_fn", "ucp_request_check_status"},
 	{"dxucs_status_string_fn", "ucs_status_string"},
 	{"dxucp_worker_get_efd_fn", "ucp_worker_get_efd"}, {"dxucp_worker_arm_fn", "ucp_worker_arm"},
+	{"dxucp_am_recv_data_nbx_fn", "ucp_am_recv_data_nbx"}, {"dxucp_ep_print_info_fn", "ucp_ep_print_info"},
 }
 
 // TestABIAgainstSystemHeader compiles a C file that includes both our

@@ -88,6 +88,20 @@ type Agent struct {
 	stopping bool
 	dropped  uint64
 
+	// Writes as active messages (amwrite.go), loop goroutine: the
+	// receiving side's region and counters (C memory, the write handler's
+	// argument), the queue of acknowledgements to this agent's writes, the
+	// ops waiting for them by sequence number, and what was last logged.
+	wrecv      *C.dx_wrecv
+	acks       *C.dx_queue
+	awaiting   map[uint64]*op
+	seq        uint64
+	maxRuns    int
+	amMode     int
+	refused    uint64
+	unacked    uint64
+	ackDropped uint64
+
 	memTypes uint64 // set before the loop serves requests, then read-only
 	efd      int    // the worker's event fd (loop goroutine)
 
@@ -166,12 +180,24 @@ func (a *Agent) setup() error {
 		C.dxu_cleanup(a.uctx)
 		return fmt.Errorf("ucx: create worker: %w", err)
 	}
-	a.queue = C.dxu_queue_new()
-	if err := statusErr(C.dxu_set_am_handler(a.worker, amNotify, a.queue)); err != nil {
+	fail := func(err error) error {
 		C.dxu_worker_destroy(a.worker)
-		C.dxu_queue_free(a.queue)
+		a.freeAMWrite()
+		if a.queue != nil {
+			C.dxu_queue_free(a.queue)
+		}
 		C.dxu_cleanup(a.uctx)
-		return fmt.Errorf("ucx: set active message handler: %w", err)
+		return err
+	}
+	a.queue = C.dxu_queue_new()
+	if a.queue == nil {
+		return fail(errors.New("ucx: out of memory for the notification queue"))
+	}
+	if err := statusErr(C.dxu_set_am_handler(a.worker, amNotify, a.queue)); err != nil {
+		return fail(fmt.Errorf("ucx: set active message handler: %w", err))
+	}
+	if err := a.setupAMWrite(); err != nil {
+		return fail(err)
 	}
 	var efd C.int
 	if os.Getenv(envWakeup) == "0" {
@@ -212,6 +238,7 @@ func (a *Agent) teardown() {
 		C.free(unsafe.Pointer(e))
 	}
 	a.deadEPs = nil
+	a.freeAMWrite()
 	C.dxu_queue_free(a.queue)
 	C.dxu_cleanup(a.uctx)
 }
@@ -248,6 +275,9 @@ func (a *Agent) loop(ready chan<- error) {
 		}
 		if a.deliver() {
 			busy, delivered = true, true
+		}
+		if a.deliverAcks() {
+			busy = true
 		}
 		if a.pollOps() {
 			busy, answered = true, true
@@ -328,23 +358,44 @@ type op struct {
 	err     error
 	aborted bool
 	done    chan error
-	cleanup func()
-	what    string
+	// cleanups run once UCX has released every request of o.
+	cleanups []func()
+	what     string
+	// acks are the sequence numbers of o's write messages whose
+	// acknowledgements have not arrived (amwrite.go).
+	acks []uint64
 	// then, when set, posts the op's next step once every request so far
 	// has completed without error (a write's notification after its
 	// flush); loop goroutine only.
 	then func(o *op)
 }
 
-// advance runs o's next step while o has no requests in flight and no
-// error, and reports whether o is still going; loop goroutine only.
+// advance runs o's next step while o has no requests in flight, no
+// acknowledgement outstanding and no error, and reports whether o is
+// still going. A failed or aborted op stops waiting for acknowledgements
+// once UCX has released its requests. Loop goroutine only.
 func (o *op) advance() bool {
-	for len(o.reqs) == 0 && o.then != nil && o.err == nil && !o.aborted {
+	for len(o.reqs) == 0 && len(o.acks) == 0 && o.then != nil && o.err == nil && !o.aborted {
 		next := o.then
 		o.then = nil
 		next(o)
 	}
-	return len(o.reqs) > 0
+	if len(o.reqs) == 0 && len(o.acks) > 0 && (o.err != nil || o.aborted) {
+		o.peer.a.forgetAcks(o)
+	}
+	return len(o.reqs) > 0 || len(o.acks) > 0
+}
+
+// onDone has f run when o ends, after UCX has released its requests.
+func (o *op) onDone(f func()) { o.cleanups = append(o.cleanups, f) }
+
+// finish runs o's cleanups and answers its caller; loop goroutine only.
+func (o *op) finish() {
+	for _, f := range o.cleanups {
+		f()
+	}
+	o.cleanups = nil
+	o.done <- o.err
 }
 
 // add records the status pointer of a posted operation: an immediate
@@ -405,10 +456,7 @@ func (a *Agent) pollOps() bool {
 			kept = append(kept, o)
 			continue
 		}
-		if o.cleanup != nil {
-			o.cleanup()
-		}
-		o.done <- o.err
+		o.finish()
 		changed = true
 	}
 	for i := len(kept); i < len(a.ops); i++ {
@@ -433,10 +481,7 @@ func (a *Agent) start(ctx context.Context, p *Peer, what string, post func(o *op
 		}
 		post(o)
 		if !o.advance() {
-			if o.cleanup != nil {
-				o.cleanup()
-			}
-			o.done <- o.err
+			o.finish()
 			return
 		}
 		a.ops = append(a.ops, o)
@@ -505,6 +550,7 @@ func (a *Agent) Register(r transceiver.Region) error {
 			return err
 		}
 		a.memh = memh
+		a.receiveInto(r)
 		info = blob
 		return nil
 	})
@@ -571,6 +617,10 @@ type Peer struct {
 	rkey   C.dxucp_rkey_h
 	broken error
 	closed bool
+	// am: writes from a host region go as active messages (amwrite.go);
+	// path says which path writes take and why. Set at Connect.
+	am   bool
+	path string
 }
 
 // Connect creates an endpoint to the agent described by info (error mode
@@ -614,6 +664,7 @@ func (a *Agent) Connect(ctx context.Context, info []byte) (transceiver.Peer, err
 			a.closePeerNow(p)
 			return fmt.Errorf("ucx: unpack remote key of %s: %w", in.Agent, err)
 		}
+		a.chooseWritePath(p)
 		a.peers[p] = struct{}{}
 		return nil
 	})
@@ -712,14 +763,17 @@ func (p *Peer) usable() error {
 // Name is the peer agent's name.
 func (p *Peer) Name() string { return p.name }
 
-// Write pushes blocks to the peer (ucp_put_nbx per coalesced run, then an
-// endpoint flush so the data is complete remotely).
+// Write pushes blocks to the peer: from host memory over an endpoint
+// without RMA, as active messages that the peer acknowledges (see
+// amwrite.go); otherwise ucp_put_nbx per coalesced run, then an endpoint
+// flush so the data is complete remotely.
 func (p *Peer) Write(ctx context.Context, t transceiver.Transfer) error {
 	return p.rma(ctx, t, true, nil)
 }
 
 // WriteNotify is Write, then n sent as Notify sends it, in one operation
-// of the progress loop: the notification leaves when the flush completes,
+// of the progress loop: the notification leaves when the flush completes
+// (or every acknowledgement of an active-message write has arrived),
 // without a round trip through the caller.
 func (p *Peer) WriteNotify(ctx context.Context, t transceiver.Transfer, n transceiver.Notification) error {
 	b, err := transceiver.EncodeNotification(n)
@@ -735,7 +789,7 @@ func (p *Peer) Read(ctx context.Context, t transceiver.Transfer) error {
 }
 
 // rma posts t's reads or writes; a write with notif sends it once the
-// write's flush has completed.
+// write is complete at the peer.
 func (p *Peer) rma(ctx context.Context, t transceiver.Transfer, write bool, notif []byte) error {
 	a := p.a
 	a.mu.Lock()
@@ -759,40 +813,63 @@ func (p *Peer) rma(ctx context.Context, t transceiver.Transfer, write bool, noti
 		what = "write"
 	}
 	base := region.Mem.Ptr()
+	am := write && p.am && !region.Mem.Device()
 	return a.start(ctx, p, what, func(o *op) {
 		if err := p.usable(); err != nil {
 			o.err = err
 			return
 		}
-		for _, d := range descs {
-			a.posted++
-			if a.cfg.FaultEvery > 0 && a.posted%uint64(a.cfg.FaultEvery) == 0 {
-				o.err = fmt.Errorf("ucx: %s descriptor %d: %w", what, a.posted, transceiver.ErrInjected)
-				return // wait for what was posted, flush nothing
-			}
-			local := unsafe.Add(base, d.LocalOffset)
-			raddr := C.uint64_t(p.remote.Base + uint64(d.RemoteOffset))
-			var r unsafe.Pointer
-			if write {
-				r = C.dxu_put(p.ep, local, C.size_t(d.Len), raddr, p.rkey, memType, a.memh)
-			} else {
-				r = C.dxu_get(p.ep, local, C.size_t(d.Len), raddr, p.rkey, memType, a.memh)
-			}
-			o.add(r)
-			if o.err != nil {
-				o.err = a.peerErr(p, o.err)
-				return
-			}
+		if am {
+			p.postAMWrite(o, base, descs, region.BlockBytes)
+		} else {
+			p.postRMA(o, base, descs, write, memType, what)
 		}
-		if write {
-			o.add(C.dxu_ep_flush(p.ep))
+		if o.err != nil {
+			return
 		}
 		if notif != nil {
 			buf := C.CBytes(notif)
-			o.cleanup = func() { C.free(buf) }
+			o.onDone(func() { C.free(buf) })
 			o.then = func(o *op) { p.sendNotification(o, buf, len(notif)) }
 		}
 	})
+}
+
+// postRMA posts a put or get per descriptor into o, and after writes an
+// endpoint flush; loop goroutine only.
+func (p *Peer) postRMA(o *op, base unsafe.Pointer, descs []transceiver.Descriptor, write bool, memType C.int, what string) {
+	a := p.a
+	for _, d := range descs {
+		if o.err = a.injectFault(what); o.err != nil {
+			return // wait for what was posted, flush nothing
+		}
+		local := unsafe.Add(base, d.LocalOffset)
+		raddr := C.uint64_t(p.remote.Base + uint64(d.RemoteOffset))
+		var r unsafe.Pointer
+		if write {
+			r = C.dxu_put(p.ep, local, C.size_t(d.Len), raddr, p.rkey, memType, a.memh)
+		} else {
+			r = C.dxu_get(p.ep, local, C.size_t(d.Len), raddr, p.rkey, memType, a.memh)
+		}
+		o.add(r)
+		if o.err != nil {
+			o.err = a.peerErr(p, o.err)
+			return
+		}
+	}
+	if write {
+		o.add(C.dxu_ep_flush(p.ep))
+	}
+}
+
+// injectFault counts a descriptor about to be posted and, with fault
+// injection on, fails every FaultEvery-th; loop goroutine only.
+func (a *Agent) injectFault(what string) error {
+	a.posted++
+	if a.cfg.FaultEvery > 0 && a.posted%uint64(a.cfg.FaultEvery) == 0 {
+		return fmt.Errorf("ucx: %s descriptor %d: %w", what, a.posted, transceiver.ErrInjected)
+	}
+	return nil
 }
 
 // sendNotification posts an encoded notification as an eager active
@@ -820,7 +897,7 @@ func (p *Peer) Notify(ctx context.Context, n transceiver.Notification) error {
 	posted := false
 	err = p.a.start(ctx, p, "notify", func(o *op) {
 		posted = true
-		o.cleanup = func() { C.free(buf) }
+		o.onDone(func() { C.free(buf) })
 		p.sendNotification(o, buf, len(b))
 	})
 	if !posted {
@@ -852,29 +929,34 @@ func (p *Peer) Close() error {
 // deliver moves received notifications from the C queue to waiters;
 // loop goroutine only.
 func (a *Agent) deliver() bool {
-	got := false
-	for {
-		m := C.dxu_queue_pop(a.queue)
-		if m == nil {
-			break
-		}
-		got = true
-		b := C.GoBytes(C.dxu_msg_data(m), C.int(m.len))
-		C.free(unsafe.Pointer(m))
+	got := drain(a.queue, func(b []byte) {
 		n, err := transceiver.DecodeNotification(b)
 		if err != nil {
 			a.log.Warn("ucx: dropping malformed notification", "err", err)
-			continue
+			return
 		}
 		if !a.mail.Deliver(n) {
 			a.log.Warn("ucx: too many unclaimed notifications, dropping", "request", n.RequestID)
 		}
-	}
-	if d := uint64(a.queue.dropped); d != a.dropped {
-		a.log.Warn("ucx: notifications dropped in the receive handler", "count", d-a.dropped)
-		a.dropped = d
-	}
+	})
+	a.logCounter("ucx: notifications dropped in the receive handler", uint64(a.queue.dropped), &a.dropped)
 	return got
+}
+
+// drain pops every message of q, hands each one's bytes to f, and
+// reports whether there was any.
+func drain(q *C.dx_queue, f func([]byte)) bool {
+	got := false
+	for {
+		m := C.dxu_queue_pop(q)
+		if m == nil {
+			return got
+		}
+		got = true
+		b := C.GoBytes(C.dxu_msg_data(m), C.int(m.len))
+		C.free(unsafe.Pointer(m))
+		f(b)
+	}
 }
 
 // WaitNotification returns requestID's notification once it arrives.

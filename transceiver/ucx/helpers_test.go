@@ -48,3 +48,24 @@ var (
 	randomPairs = transceivertest.RandomPairs
 	block       = transceivertest.Block
 )
+
+// TestTwoProcessRMAWrites runs the core two-process tests with writes as
+// RMA puts (DISAGG_UCX_AM_WRITE=0, inherited by the peer process): the
+// path of device memory and of endpoints with RMA lanes, which over TCP
+// (CI) the default would not take.
+func TestTwoProcessRMAWrites(t *testing.T) {
+	t.Setenv(envAMWrite, "0")
+	for _, c := range []struct {
+		name string
+		run  func(*testing.T)
+	}{
+		{"Transfers", suite.Transfers},
+		{"Forged", suite.Forged},
+		{"SenderTimeout", suite.SenderTimeout},
+		{"FaultInjection", suite.FaultInjection},
+		{"Staged", suite.Staged},
+		{"PushRequests", suite.PushRequests},
+	} {
+		t.Run(c.name, c.run)
+	}
+}

@@ -36,6 +36,8 @@ static struct {
     dxucs_status_string_fn status_string;
     dxucp_worker_get_efd_fn worker_get_efd;
     dxucp_worker_arm_fn worker_arm;
+    dxucp_am_recv_data_nbx_fn am_recv_data_nbx;
+    dxucp_ep_print_info_fn ep_print_info;
 } u;
 
 #define REQUIRE(field, name)                                                  \
@@ -88,6 +90,8 @@ int dxu_load(const char *path, char *err, size_t errlen) {
     REQUIRE(status_string, "ucs_status_string");
     REQUIRE(worker_get_efd, "ucp_worker_get_efd");
     REQUIRE(worker_arm, "ucp_worker_arm");
+    REQUIRE(am_recv_data_nbx, "ucp_am_recv_data_nbx");
+    REQUIRE(ep_print_info, "ucp_ep_print_info");
     u.lib = lib;
     return 0;
 fail:
@@ -206,17 +210,20 @@ static dxucs_status_t am_recv(void *arg, const void *header, size_t header_lengt
     return DXUCS_OK;
 }
 
-dxucs_status_t dxu_set_am_handler(dxucp_worker_h w, unsigned id, dx_queue *q) {
+/* set_handler registers cb(arg, ...) for whole active messages of id. */
+static dxucs_status_t set_handler(dxucp_worker_h w, unsigned id, dxucp_am_recv_callback_t cb, void *arg) {
     dxucp_am_handler_param_t p;
     memset(&p, 0, sizeof(p));
     p.field_mask = DXUCP_AM_HANDLER_PARAM_FIELD_ID | DXUCP_AM_HANDLER_PARAM_FIELD_FLAGS |
                    DXUCP_AM_HANDLER_PARAM_FIELD_CB | DXUCP_AM_HANDLER_PARAM_FIELD_ARG;
     p.id = id;
     p.flags = DXUCP_AM_FLAG_WHOLE_MSG;
-    p.cb = am_recv;
-    p.arg = q;
+    p.cb = cb;
+    p.arg = arg;
     return u.worker_set_am_recv_handler(w, &p);
 }
+
+dxucs_status_t dxu_set_am_handler(dxucp_worker_h w, unsigned id, dx_queue *q) { return set_handler(w, id, am_recv, q); }
 
 dx_ep *dxu_ep_new(void) { return calloc(1, sizeof(dx_ep)); }
 
@@ -333,6 +340,211 @@ void dxu_req_free(void *p) {
     }
 }
 
+size_t dxu_worker_max_am_header(dxucp_worker_h w) {
+    dxucp_worker_attr_t a;
+    memset(&a, 0, sizeof(a));
+    a.field_mask = DXUCP_WORKER_ATTR_FIELD_MAX_AM_HEADER;
+    if (u.worker_query(w, &a) != DXUCS_OK) {
+        return 0;
+    }
+    return a.max_am_header;
+}
+
 dxucs_status_t dxu_worker_efd(dxucp_worker_h w, int *fd) { return u.worker_get_efd(w, fd); }
 
 dxucs_status_t dxu_worker_arm(dxucp_worker_h w) { return u.worker_arm(w); }
+
+/* --- writes as active messages --- */
+
+static void ack_sent(void *req, dxucs_status_t st, void *user_data) {
+    (void)st;
+    free(user_data);
+    u.request_free(req);
+}
+
+static void send_ack(dx_wrecv *r, dxucp_ep_h ep, uint64_t seq, dxucs_status_t st) {
+    dx_wack *a = malloc(sizeof(*a));
+    if (a == NULL) {
+        r->unacked++;
+        return;
+    }
+    a->seq = seq;
+    a->status = st;
+    dxucp_request_param_t p;
+    memset(&p, 0, sizeof(p));
+    p.op_attr_mask = DXUCP_OP_ATTR_FIELD_FLAGS | DXUCP_OP_ATTR_FIELD_CALLBACK | DXUCP_OP_ATTR_FIELD_USER_DATA;
+    p.flags = DXUCP_AM_SEND_FLAG_EAGER;
+    p.cb = (void *)ack_sent;
+    p.user_data = a;
+    void *q = u.am_send_nbx(ep, r->ack_id, NULL, 0, a, sizeof(*a), &p);
+    if (!DXUCS_PTR_IS_PTR(q)) { /* done at once (no callback), or failed */
+        if (DXUCS_PTR_IS_ERR(q)) {
+            r->unacked++;
+        }
+        free(a);
+    }
+}
+
+/* check_write validates a write's header against the receiver's region
+ * and the message length; the header may be unaligned. */
+static dxucs_status_t check_write(const dx_wrecv *r, const unsigned char *hdr, size_t hlen, size_t length,
+                                  dx_whdr *h) {
+    if (hlen < sizeof(*h)) {
+        return DXUCS_ERR_INVALID_PARAM;
+    }
+    memcpy(h, hdr, sizeof(*h));
+    if (h->magic != DX_WRITE_MAGIC || h->nruns == 0 || hlen != sizeof(*h) + (size_t)h->nruns * sizeof(dx_wrun)) {
+        return DXUCS_ERR_INVALID_PARAM;
+    }
+    if (r->base == NULL || h->block_bytes != r->block_bytes) {
+        return DXUCS_ERR_INVALID_PARAM;
+    }
+    uint64_t blocks = 0;
+    for (uint32_t i = 0; i < h->nruns; i++) {
+        dx_wrun run;
+        memcpy(&run, hdr + sizeof(*h) + i * sizeof(run), sizeof(run));
+        if (run.count == 0 || run.block >= r->nblocks || run.count > r->nblocks - run.block) {
+            return DXUCS_ERR_INVALID_PARAM;
+        }
+        blocks += run.count;
+    }
+    if (blocks > r->nblocks || blocks * r->block_bytes != length) {
+        return DXUCS_ERR_INVALID_PARAM;
+    }
+    return DXUCS_OK;
+}
+
+/* refuse counts a refused write and answers it. The acknowledgement is
+ * the writer's verdict: a rendezvous is then dropped, which completes the
+ * sender's request without error (an error status could arrive before the
+ * acknowledgement and hide why). Without a reply endpoint there is no one
+ * to acknowledge, and the rendezvous fails the sender's request with st. */
+static dxucs_status_t refuse(dx_wrecv *r, dxucp_ep_h ep, uint64_t seq, dxucs_status_t st, int rndv) {
+    r->refused++;
+    if (ep == NULL) {
+        return rndv ? st : DXUCS_OK;
+    }
+    send_ack(r, ep, seq, st);
+    return DXUCS_OK;
+}
+
+typedef struct {
+    dx_wrecv *r;
+    dxucp_ep_h ep;
+    uint64_t seq;
+    dxucp_dt_iov_t iov[];
+} wrecv_op;
+
+static void write_received(void *req, dxucs_status_t st, size_t length, void *user_data) {
+    wrecv_op *op = user_data;
+    (void)length;
+    if (st == DXUCS_OK) {
+        send_ack(op->r, op->ep, op->seq, DXUCS_OK);
+    } else {
+        op->r->refused++; /* the sender's request fails too; its endpoint may be gone */
+    }
+    free(op);
+    u.request_free(req);
+}
+
+static dxucs_status_t am_write(void *arg, const void *header, size_t header_length, void *data, size_t length,
+                               const dxucp_am_recv_param_t *param) {
+    dx_wrecv *r = arg;
+    const int rndv = (param->recv_attr & DXUCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
+    dxucp_ep_h ep = (param->recv_attr & DXUCP_AM_RECV_ATTR_FIELD_REPLY_EP) ? param->reply_ep : NULL;
+    dx_whdr h;
+    memset(&h, 0, sizeof(h));
+    dxucs_status_t st = check_write(r, header, header_length, length, &h);
+    if (st == DXUCS_OK && ep == NULL) {
+        st = DXUCS_ERR_INVALID_PARAM;
+    }
+    if (st != DXUCS_OK) {
+        return refuse(r, ep, h.seq, st, rndv);
+    }
+    const unsigned char *runs = (const unsigned char *)header + sizeof(h);
+    if (!rndv) {
+        const unsigned char *src = data;
+        for (uint32_t i = 0; i < h.nruns; i++) {
+            dx_wrun run;
+            memcpy(&run, runs + i * sizeof(run), sizeof(run));
+            size_t n = (size_t)run.count * r->block_bytes;
+            memcpy(r->base + (size_t)run.block * r->block_bytes, src, n);
+            src += n;
+        }
+        send_ack(r, ep, h.seq, DXUCS_OK);
+        return DXUCS_OK;
+    }
+    wrecv_op *op = malloc(sizeof(*op) + h.nruns * sizeof(dxucp_dt_iov_t));
+    if (op == NULL) {
+        return refuse(r, ep, h.seq, DXUCS_ERR_NO_MEMORY, rndv);
+    }
+    op->r = r;
+    op->ep = ep;
+    op->seq = h.seq;
+    for (uint32_t i = 0; i < h.nruns; i++) {
+        dx_wrun run;
+        memcpy(&run, runs + i * sizeof(run), sizeof(run));
+        op->iov[i].buffer = r->base + (size_t)run.block * r->block_bytes;
+        op->iov[i].length = (size_t)run.count * r->block_bytes;
+    }
+    dxucp_request_param_t p;
+    memset(&p, 0, sizeof(p));
+    p.op_attr_mask = DXUCP_OP_ATTR_FIELD_CALLBACK | DXUCP_OP_ATTR_FIELD_USER_DATA;
+    p.cb = (void *)write_received;
+    p.user_data = op;
+    void *q;
+    if (h.nruns == 1) { /* contiguous: UCX's zero-copy protocols apply */
+        q = u.am_recv_data_nbx(r->worker, data, op->iov[0].buffer, op->iov[0].length, &p);
+    } else {
+        p.op_attr_mask |= DXUCP_OP_ATTR_FIELD_DATATYPE;
+        p.datatype = DXUCP_DATATYPE_IOV;
+        q = u.am_recv_data_nbx(r->worker, data, op->iov, h.nruns, &p);
+    }
+    if (DXUCS_PTR_IS_ERR(q)) {
+        r->refused++;
+        send_ack(r, ep, h.seq, DXUCS_PTR_RAW_STATUS(q));
+        free(op);
+    } else if (q == NULL) { /* complete already, without a callback */
+        send_ack(r, ep, h.seq, DXUCS_OK);
+        free(op);
+    } /* else write_received acknowledges and frees */
+    return DXUCS_OK;
+}
+
+dxucs_status_t dxu_set_write_handler(dxucp_worker_h w, unsigned id, dx_wrecv *r) {
+    return set_handler(w, id, am_write, r);
+}
+
+void *dxu_am_write(dx_ep *e, unsigned id, const void *hdr, size_t hlen, const dxucp_dt_iov_t *iov, size_t n) {
+    dxucp_request_param_t p;
+    memset(&p, 0, sizeof(p));
+    p.op_attr_mask = DXUCP_OP_ATTR_FIELD_FLAGS;
+    p.flags = DXUCP_AM_SEND_FLAG_REPLY;
+    if (n == 1) { /* contiguous: UCX's zero-copy protocols apply */
+        return u.am_send_nbx(e->ep, id, hdr, hlen, iov[0].buffer, iov[0].length, &p);
+    }
+    p.op_attr_mask |= DXUCP_OP_ATTR_FIELD_DATATYPE;
+    p.datatype = DXUCP_DATATYPE_IOV;
+    return u.am_send_nbx(e->ep, id, hdr, hlen, iov, n, &p);
+}
+
+int dxu_ep_has_rma(dx_ep *e) {
+    char *buf = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&buf, &n);
+    if (f == NULL) {
+        return -1;
+    }
+    u.ep_print_info(e->ep, f);
+    fclose(f);
+    int r = -1;
+    if (buf != NULL) {
+        if (strstr(buf, " rma_bw#") != NULL || strstr(buf, " rma#") != NULL) {
+            r = 1;
+        } else if (strstr(buf, "lane[") != NULL) {
+            r = 0;
+        }
+        free(buf);
+    }
+    return r;
+}

@@ -23,6 +23,8 @@ void dxu_worker_destroy(dxucp_worker_h w);
 dxucs_status_t dxu_worker_address(dxucp_worker_h w, void **addr, size_t *len);
 void dxu_worker_release_address(dxucp_worker_h w, void *addr);
 unsigned dxu_progress(dxucp_worker_h w);
+/* The largest header ucp_am_send_nbx takes (0: unknown). */
+size_t dxu_worker_max_am_header(dxucp_worker_h w);
 /* Wakeup: the worker's event fd, and arming it before sleeping on it
  * (DXUCS_ERR_BUSY: events are pending, progress instead). */
 dxucs_status_t dxu_worker_efd(dxucp_worker_h w, int *fd);
@@ -71,6 +73,52 @@ void dxu_rkey_destroy(dxucp_rkey_h rkey);
 void *dxu_put(dx_ep *e, void *buf, size_t len, uint64_t raddr, dxucp_rkey_h rkey, int memtype, dxucp_mem_h memh);
 void *dxu_get(dx_ep *e, void *buf, size_t len, uint64_t raddr, dxucp_rkey_h rkey, int memtype, dxucp_mem_h memh);
 void *dxu_am_send(dx_ep *e, unsigned id, const void *buf, size_t len);
+
+/* Writes as active messages, for host memory over endpoints where UCX has
+ * no transport doing RMA and would emulate every put with an active
+ * message and a completion reply (TCP): one message carries many small
+ * blocks of a write, gathered from the sender's blocks and scattered into
+ * the receiver's by UCX or, for small eager messages, by the handler, or
+ * one large run; the receiver checks the runs against its own region and
+ * answers each message with an acknowledgement. */
+#define DX_WRITE_MAGIC 0x31575844u /* "DXW1" */
+
+typedef struct {
+    uint32_t magic;
+    uint32_t nruns;
+    uint64_t seq;         /* the writer's id for this message, echoed in the ack */
+    uint64_t block_bytes; /* must equal the receiver's */
+} dx_whdr;                /* followed by nruns dx_wrun */
+
+typedef struct {
+    uint32_t block; /* first block in the receiver's region */
+    uint32_t count;
+} dx_wrun;
+
+typedef struct {
+    uint64_t seq;
+    int64_t status; /* DXUCS_OK, or why the write was refused or failed */
+} dx_wack;
+
+/* The receiving side: its registered host region (base NULL: none). */
+typedef struct {
+    dxucp_worker_h worker;
+    unsigned ack_id;
+    unsigned char *base;
+    uint64_t block_bytes, nblocks;
+    uint64_t refused; /* writes refused (malformed, outside the region, no reply endpoint) or not received */
+    uint64_t unacked; /* acknowledgements that could not be posted */
+} dx_wrecv;
+
+dxucs_status_t dxu_set_write_handler(dxucp_worker_h w, unsigned id, dx_wrecv *r);
+/* hdr (a dx_whdr and its runs, hlen bytes) and iov must stay valid until
+ * the returned request completes. One piece (n == 1) goes as contiguous
+ * data, which UCX can move without copying; the receiver likewise
+ * receives a message of one run as contiguous data. */
+void *dxu_am_write(dx_ep *e, unsigned id, const void *hdr, size_t hlen, const dxucp_dt_iov_t *iov, size_t n);
+/* 1: a lane of the endpoint does RMA; 0: none does (UCX emulates puts
+ * with active messages); -1: unknown. */
+int dxu_ep_has_rma(dx_ep *e);
 
 /* Status of a status-pointer returned by a *_nbx call: DXUCS_OK for NULL,
  * the error for an error pointer, else the request's own status. */
