@@ -1574,6 +1574,235 @@ static cudaError_t fg_allow_smem(int bytes) {
 }
 
 // ---------------------------------------------------------------------------
+// Bulk-copy fused GEMV (DCU_BULK=1, for steps of at most 4 tokens): the same
+// units, prologues and epilogues as fgemv_kernel, but the weights travel
+// into a ring of shared-memory slots by the copy engine (cp.async.bulk,
+// completion counted on an mbarrier per slot) instead of through registers.
+// A producer warp keeps every slot of the ring in flight, so an SM can have
+// far more bytes outstanding than its registers would hold, and its first
+// slots are asked for before griddepcontrol.wait: a kernel launched while
+// the one before it still runs (programmatic dependent launch) streams its
+// weights during that one's tail, and during attention, which reads little.
+// Each block owns a contiguous range of units, one unit per slot, and its
+// eight consumer warps take the units in turn, each a whole unit.
+
+constexpr int BK_WARPS = 8;                    // consumer warps
+constexpr int BK_THREADS = 32 * (BK_WARPS + 1); // and the producer warp
+
+__device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void mbar_init(uint64_t *b, uint32_t count) {
+	asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(b)), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive(uint64_t *b) {
+	asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(b)) : "memory");
+}
+
+__device__ __forceinline__ void mbar_expect_tx(uint64_t *b, uint32_t bytes) {
+	asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(b)), "r"(bytes) : "memory");
+}
+
+// Waits until the barrier's phase of the given parity has completed.
+__device__ __forceinline__ void mbar_wait(uint64_t *b, uint32_t parity) {
+	uint32_t done = 0;
+	while (!done)
+		asm volatile("{\n\t.reg .pred p;\n\t"
+		             "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\t"
+		             "selp.u32 %0, 1, 0, p;\n\t}"
+		             : "=r"(done)
+		             : "r"(smem_addr(b)), "r"(parity)
+		             : "memory");
+}
+
+// bytes (a multiple of 16) from global src to shared dst, both 16-byte
+// aligned, counted on bar when they have landed.
+__device__ __forceinline__ void bulk_load(void *dst, const void *src, uint32_t bytes, uint64_t *bar) {
+	asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+	                 smem_addr(dst)),
+	             "l"(src), "r"(bytes), "r"(smem_addr(bar))
+	             : "memory");
+}
+
+// Asks for unit u's weight rows into slot dst; one thread.
+template <int MODE>
+__device__ __forceinline__ void bk_fill(const FgArgs &a, int u, unsigned char *dst, uint64_t *full) {
+	constexpr bool TWO = MODE == FG_SILU || MODE == FG_ROPE;
+	const uint32_t row = (uint32_t)a.in * 2;
+	int r0, r1;
+	fg_rows<MODE>(a, u, r0, r1);
+	mbar_expect_tx(full, TWO ? 2 * row : row);
+	bulk_load(dst, a.W + (size_t)r0 * a.in, row, full);
+	if (TWO) bulk_load(dst + row, a.W + (size_t)r1 * a.in, row, full);
+}
+
+// RMSNorm of NT rows of a.xf into xs (bf16) by the consumer warps, which
+// meet at named barrier 1.
+template <int NT>
+__device__ __forceinline__ void bk_norm(const FgArgs &a, __nv_bfloat16 *xs, float *red) {
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	for (int t = 0; t < NT; t++) {
+		const float *xr = a.xf + (size_t)(a.rows ? a.rows[t] : t) * a.in;
+		float ss = 0.f;
+		for (int k = tid; k < a.in; k += 32 * BK_WARPS) ss += xr[k] * xr[k];
+		ss = warp_sum(ss);
+		if (lane == 0) red[t * BK_WARPS + warp] = ss;
+	}
+	asm volatile("bar.sync 1, %0;" ::"n"(32 * BK_WARPS) : "memory");
+	for (int t = 0; t < NT; t++) {
+		float ss = 0.f;
+#pragma unroll
+		for (int w = 0; w < BK_WARPS; w++) ss += red[t * BK_WARPS + w];
+		const float inv = rsqrtf(ss / (float)a.in + a.eps);
+		const float *xr = a.xf + (size_t)(a.rows ? a.rows[t] : t) * a.in;
+		__nv_bfloat16 *o = xs + (size_t)t * a.in;
+		for (int k = tid; k < a.in; k += 32 * BK_WARPS) o[k] = __float2bfloat16(xr[k] * inv * __bfloat162float(a.norm[k]));
+	}
+}
+
+// Shared memory of a bulk GEMV block: the ring, the inputs, the partial sums
+// and the slots' barriers.
+__host__ __device__ inline size_t bk_smem(int nt, int in, int two, int slots) {
+	const size_t slot = (size_t)(two ? 2 : 1) * in * 2;
+	return (size_t)slots * slot + (size_t)nt * in * 2 + sizeof(float) * 4 * BK_WARPS + 2 * sizeof(uint64_t) * slots;
+}
+
+template <int NT, int MODE>
+__global__ void __launch_bounds__(BK_THREADS, 3) bgemv_kernel(FgArgs a, int units, int slots) {
+	extern __shared__ __align__(128) unsigned char bk_mem[];
+	constexpr bool TWO = MODE == FG_SILU || MODE == FG_ROPE;
+	const int n8 = a.in / 8;
+	const size_t slot_bytes = (size_t)(TWO ? 2 : 1) * a.in * 2;
+	unsigned char *ring = bk_mem;
+	__nv_bfloat16 *xs = (__nv_bfloat16 *)(ring + (size_t)slots * slot_bytes);
+	float *red = (float *)(xs + (size_t)NT * a.in); // [4][BK_WARPS]
+	uint64_t *full = (uint64_t *)(red + 4 * BK_WARPS), *empty = full + slots;
+	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	const int u0 = (int)((long long)blockIdx.x * units / gridDim.x);
+	const int n = (int)((long long)(blockIdx.x + 1) * units / gridDim.x) - u0;
+	if (threadIdx.x == 0) {
+		for (int s = 0; s < slots; s++) {
+			mbar_init(&full[s], 1);
+			mbar_init(&empty[s], 1);
+		}
+		asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+		// the first slots before waiting on the kernel before: weights only
+		for (int j = 0; j < n && j < slots; j++) bk_fill<MODE>(a, u0 + j, ring + (size_t)j * slot_bytes, &full[j]);
+	}
+	__syncthreads();
+	pdl_trigger();
+	if (warp == BK_WARPS) {
+		// the producer: refill each slot once its consumer is done with it
+		if (lane == 0)
+			for (int j = slots; j < n; j++) {
+				const int s = j % slots;
+				mbar_wait(&empty[s], (uint32_t)((j / slots - 1) & 1));
+				bk_fill<MODE>(a, u0 + j, ring + (size_t)s * slot_bytes, &full[s]);
+			}
+		return;
+	}
+	pdl_wait();
+	if (a.norm) {
+		bk_norm<NT>(a, xs, red);
+	} else {
+		const uint4 *src = (const uint4 *)a.xb;
+		uint4 *dst = (uint4 *)xs;
+		for (int k = threadIdx.x; k < NT * n8; k += 32 * BK_WARPS) dst[k] = src[k];
+	}
+	asm volatile("bar.sync 1, %0;" ::"n"(32 * BK_WARPS) : "memory");
+	// consumer warp w takes units w, w+nw, ...: whole rows, so that the
+	// warps' chains of loads, sums and epilogues overlap. nw divides the
+	// slots, so each slot has one consumer, which never waits for a slot
+	// more than one phase ahead (a parity wait could not tell).
+	int nw = slots < BK_WARPS ? slots : BK_WARPS;
+	while (slots % nw) nw--;
+	if (warp >= nw) return;
+	for (int j = warp; j < n; j += nw) {
+		const int s = j % slots, u = u0 + j;
+		mbar_wait(&full[s], (uint32_t)((j / slots) & 1));
+		const uint4 *w = (const uint4 *)(ring + (size_t)s * slot_bytes);
+		float acc0[4] = {0.f, 0.f, 0.f, 0.f}, acc1[4] = {0.f, 0.f, 0.f, 0.f};
+		for (int c = lane; c < n8; c += 32) {
+			fg_dot(acc0, w[c], xs, a.in, c, NT);
+			if (TWO) fg_dot(acc1, w[n8 + c], xs, a.in, c, NT);
+		}
+		__syncwarp();
+		if (lane == 0) mbar_arrive(&empty[s]);
+#pragma unroll
+		for (int t = 0; t < NT; t++) {
+			acc0[t] = warp_sum(acc0[t]);
+			if (TWO) acc1[t] = warp_sum(acc1[t]);
+		}
+		if (lane < NT) {
+			float x1 = acc0[0], x2 = acc1[0];
+#pragma unroll
+			for (int k = 1; k < NT; k++)
+				if (lane == k) {
+					x1 = acc0[k];
+					x2 = acc1[k];
+				}
+			int r0, r1;
+			fg_rows<MODE>(a, u, r0, r1);
+			fg_epilogue<MODE>(a, u, r0, r1, lane, x1, x2);
+		}
+	}
+}
+
+// One block per SM, each taking about budget bytes of shared memory (as
+// many slots as fit): two blocks of different kernels and an attention
+// block fit on one SM at the default (DCU_BULK_SMEM, KB).
+template <int NT, int MODE>
+static cudaError_t bk_launch1(const FgArgs &a, int sms, int budget, int pdl, cudaStream_t s) {
+	constexpr bool TWO = MODE == FG_SILU || MODE == FG_ROPE;
+	const int units = TWO ? a.out / 2 : a.out;
+	const int blocks = units < sms ? units : sms;
+	const int per = (units + blocks - 1) / blocks;
+	const size_t slot = (size_t)(TWO ? 2 : 1) * a.in * 2, base = bk_smem(NT, a.in, TWO, 0);
+	int slots = (size_t)budget > base ? (int)(((size_t)budget - base) / (slot + 2 * sizeof(uint64_t))) : 0;
+	if (slots < 2) slots = 2;
+	if (slots > per) slots = per;
+	// a multiple of the consumer warps (bgemv_kernel): as many slots as
+	// some count of up to BK_WARPS warps allows
+	if (slots > BK_WARPS) {
+		int best = BK_WARPS * (slots / BK_WARPS);
+		for (int nw = BK_WARPS - 1; nw >= BK_WARPS / 2; nw--)
+			if (nw * (slots / nw) > best) best = nw * (slots / nw);
+		slots = best;
+	}
+	cudaLaunchConfig_t cfg = {};
+	cfg.dynamicSmemBytes = bk_smem(NT, a.in, TWO, slots);
+	cfg.gridDim = dim3((unsigned)blocks);
+	cfg.blockDim = dim3(BK_THREADS);
+	cfg.stream = s;
+	cudaLaunchAttribute at[1];
+	at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+	at[0].val.programmaticStreamSerializationAllowed = 1;
+	cfg.attrs = at;
+	cfg.numAttrs = pdl ? 1 : 0;
+	return cudaLaunchKernelEx(&cfg, bgemv_kernel<NT, MODE>, a, units, slots);
+}
+
+template <int MODE>
+static cudaError_t bk_launch(int nt, const FgArgs &a, int sms, int budget, int pdl, cudaStream_t s) {
+	switch (nt) {
+	case 1: return bk_launch1<1, MODE>(a, sms, budget, pdl, s);
+	case 2: return bk_launch1<2, MODE>(a, sms, budget, pdl, s);
+	case 3: return bk_launch1<3, MODE>(a, sms, budget, pdl, s);
+	default: return bk_launch1<4, MODE>(a, sms, budget, pdl, s);
+	}
+}
+
+template <int MODE>
+static cudaError_t bk_allow_smem(int bytes) {
+	cudaError_t e = cudaSuccess;
+	const void *fs[] = {(const void *)bgemv_kernel<1, MODE>, (const void *)bgemv_kernel<2, MODE>,
+	                    (const void *)bgemv_kernel<3, MODE>, (const void *)bgemv_kernel<4, MODE>};
+	for (const void *f : fs)
+		if (e == cudaSuccess) e = cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+	return e;
+}
+
+// ---------------------------------------------------------------------------
 // Model
 
 struct Layer {
@@ -1630,9 +1859,20 @@ struct dcu_model {
 	int fg_b1, fg_b2, fg_occ;
 	int skip;     // DCU_DIAG_SKIP: kernels of the fused path left out, for timing only (results are wrong)
 	int fg_split; // bit 1: QKV, bit 2: Gate/Up, bit 4: O and Down: two warps per unit (DCU_FG_SPLIT)
+	int bulk;      // the bulk-copy GEMV for the fused path (DCU_BULK=1; slower so far: docs/PERFORMANCE.md)
+	int bulk_smem; // its shared memory per block, bytes (DCU_BULK_SMEM, KB)
 	std::vector<cudaEvent_t> prof_ev;
 	std::vector<int> prof_kind;
 };
+
+// The fused GEMV of one weight matrix for a step of nt tokens: the
+// bulk-copy kernel, or the register-streaming one (b chunks per lane, ks
+// warps per unit).
+template <int MODE>
+static cudaError_t fused_gemv(const dcu_model *m, int nt, const FgArgs &a, int b, int pdl, cudaStream_t s, int ks = 1) {
+	if (m->bulk) return bk_launch<MODE>(nt, a, m->sms, m->bulk_smem, pdl, s);
+	return fg_launch<MODE>(nt, a, m->sms, b, m->fg_occ, pdl, s, ks);
+}
 
 // Profiling (dcu_profile_step): an event after every operation of a step,
 // the time between consecutive events summed per operation kind.
@@ -1784,6 +2024,8 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 	m->fg_split = env_int("DCU_FG_SPLIT", 0, 0, 7);
 	m->skip = env_int("DCU_DIAG_SKIP", 0, 0, 127);
 	m->fg_occ = env_int("DCU_FG_OCC", 0, 0, 16);
+	m->bulk = getenv("DCU_BULK") && getenv("DCU_BULK")[0] == '1';
+	m->bulk_smem = env_int("DCU_BULK_SMEM", 88, 16, 200) * 1024;
 	CK(cudaEventCreate(&m->ev0));
 	CK(cudaEventCreate(&m->ev1));
 	CK(cudaEventCreateWithFlags(&m->ev_ints[0], cudaEventDisableTiming));
@@ -1827,6 +2069,13 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 			CK(fg_allow_smem<FG_RESID>((int)fs));
 			CK(fg_allow_smem<FG_SILU>((int)fs));
 			CK(fg_allow_smem<FG_ROPE>((int)fs));
+		}
+		if (m->fuse && m->bulk) {
+			const int most = 227 * 1024;
+			CK(bk_allow_smem<FG_STORE>(most));
+			CK(bk_allow_smem<FG_RESID>(most));
+			CK(bk_allow_smem<FG_SILU>(most));
+			CK(bk_allow_smem<FG_ROPE>(most));
 		}
 	}
 	CK(cudaMalloc((void **)&m->inv_freq, sizeof(float) * c.head_dim / 2));
@@ -2110,7 +2359,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.out = (int)qkv_dim(c);
 			fa.in = H;
 			fa.kv_layer = kv_layer;
-			if (!(skip & 1)) CK(fg_launch<FG_ROPE>(T, fa, m->sms, m->fg_b2, m->fg_occ, pdl, s, m->fg_split & 1 ? 2 : 1));
+			if (!(skip & 1)) CK(fused_gemv<FG_ROPE>(m, T, fa, m->fg_b2, pdl, s, m->fg_split & 1 ? 2 : 1));
 			MARK(2);
 		} else {
 			rmsnorm_kernel<<<T, 256, 0, s>>>(m->x, nullptr, L.attn_norm, m->xn, H, c.eps);
@@ -2183,7 +2432,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.out = H;
 			fa.in = nh * D;
 			fa.Y = m->x;
-			if (!(skip & 8)) CK(fg_launch<FG_RESID>(T, fa, m->sms, m->fg_b1, m->fg_occ, pdl, s, m->fg_split & 4 ? 2 : 1));
+			if (!(skip & 8)) CK(fused_gemv<FG_RESID>(m, T, fa, m->fg_b1, pdl, s, m->fg_split & 4 ? 2 : 1));
 			MARK(6);
 			fa.W = L.gate_up;
 			fa.norm = L.mlp_norm;
@@ -2191,7 +2440,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.out = 2 * I;
 			fa.in = H;
 			fa.act = m->act;
-			if (!(skip & 16)) CK(fg_launch<FG_SILU>(T, fa, m->sms, m->fg_b2, m->fg_occ, pdl, s, m->fg_split & 2 ? 2 : 1));
+			if (!(skip & 16)) CK(fused_gemv<FG_SILU>(m, T, fa, m->fg_b2, pdl, s, m->fg_split & 2 ? 2 : 1));
 			MARK(7);
 			fa.W = L.down;
 			fa.norm = nullptr;
@@ -2199,7 +2448,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.out = H;
 			fa.in = I;
 			fa.Y = m->x;
-			if (!(skip & 32)) CK(fg_launch<FG_RESID>(T, fa, m->sms, m->fg_b1, m->fg_occ, pdl, s, m->fg_split & 4 ? 2 : 1));
+			if (!(skip & 32)) CK(fused_gemv<FG_RESID>(m, T, fa, m->fg_b1, pdl, s, m->fg_split & 4 ? 2 : 1));
 			MARK(9);
 			continue;
 		}
@@ -2235,7 +2484,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 		fa.out = V;
 		fa.in = H;
 		fa.Y = m->logits;
-		if (!(skip & 64)) CK(fg_launch<FG_STORE>(R, fa, m->sms, m->fg_b1, m->fg_occ, pdl, s));
+		if (!(skip & 64)) CK(fused_gemv<FG_STORE>(m, R, fa, m->fg_b1, pdl, s));
 		MARK(10);
 	} else if (R > 0) {
 		rmsnorm_kernel<<<R, 256, 0, s>>>(m->x, rows, m->norm, m->xn, H, c.eps);
