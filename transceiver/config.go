@@ -90,6 +90,7 @@ func EnvVars() map[string]string {
 		EnvNIXLLibDir:         "folder holding libnixl_capi.so (default: search .venv site-packages)",
 		EnvUCXLib:             "libucp to dlopen for the UCX backend (default libucp.so.0)",
 		"DISAGG_UCX_WAKEUP":   "0: the UCX progress loop naps on a timer instead of sleeping on the worker's event fd",
+		"DISAGG_UCX_AM_WRITE": "how writes between host regions travel: unset (auto): as active messages where the endpoint has no RMA lane (TCP), else RMA puts; 0: always RMA puts; 1: always active messages (GPU regions always use RMA)",
 		"DISAGG_UCX_ERR_MODE": "none: UCX endpoints without peer error handling (faster transports such as cma and cuda_ipc; a dead peer may hang or abort the process)",
 		"UCX_*":               "passed to UCX unchanged (UCX_TLS, UCX_NET_DEVICES, ...)",
 		EnvStaging:            "auto (default): stage through pinned host buffers only device memory the backend cannot register; force: stage every pool",

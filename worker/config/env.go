@@ -23,6 +23,7 @@ var EnvVars = []EnvVar{
 	{"NIXL_LIB_DIR", "folder holding libnixl_capi.so (default: the project virtualenv's nixl wheel)"},
 	{"DISAGG_UCX_LIB", "libucp to dlopen for the UCX backend (default libucp.so.0; point it at a CUDA-enabled UCX to move GPU memory)"},
 	{"DISAGG_UCX_WAKEUP", "0: the UCX progress loop naps on a timer instead of sleeping on the worker's event fd"},
+	{"DISAGG_UCX_AM_WRITE", "how the UCX backend writes host KV blocks: unset (auto): as active messages where the endpoint has no RMA lane (TCP), else RMA puts; 0: always RMA puts; 1: always active messages (GPU pools always use RMA)"},
 	{"DISAGG_UCX_ERR_MODE", "none: UCX endpoints without peer error handling (faster cma/cuda_ipc transports; a dead peer may hang a transfer)"},
 	{"DISAGG_KV_STAGING", "auto (default): stage through pinned host buffers of max_tokens_in_buffer tokens only device memory the backend cannot register; force: stage every pool"},
 	{"DISAGG_KV_TRANSFER_MODE", "auto (default): the context worker pushes when either pool is on a GPU or staged, the generation worker pulls between host pools; push; pull"},
