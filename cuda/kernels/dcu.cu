@@ -1332,6 +1332,21 @@ __device__ __forceinline__ void fg_epilogue(const FgArgs &a, int u, int r0, int 
 	}
 }
 
+// The epilogue of unit u for input t = lane (lane < NT), from a warp's
+// summed dot products of its two rows for each input.
+template <int NT, int MODE>
+__device__ __forceinline__ void fg_lane_epilogue(const FgArgs &a, int u, int r0, int r1, int lane, const float *acc0,
+                                                 const float *acc1) {
+	float x1 = acc0[0], x2 = acc1[0];
+#pragma unroll
+	for (int k = 1; k < NT; k++)
+		if (lane == k) {
+			x1 = acc0[k];
+			x2 = acc1[k];
+		}
+	fg_epilogue<MODE>(a, u, r0, r1, lane, x1, x2);
+}
+
 // RMSNorm of NT rows of xf into xs (bf16), by the whole block; the row's
 // loads are all issued before the sum when in is a multiple of 1024 up to 4096.
 template <int NT>
@@ -1471,17 +1486,7 @@ __global__ void __launch_bounds__(256, 2) fgemv_kernel(FgArgs a, int units) {
 				}
 				asm volatile("bar.sync %0, 64;" ::"r"(1 + pw) : "memory");
 			}
-			if (lane < NT && half == 0) {
-				const int t = lane;
-				float x1v = acc0[0], x2v = acc1[0];
-#pragma unroll
-				for (int k = 1; k < NT; k++)
-					if (t == k) {
-						x1v = acc0[k];
-						x2v = acc1[k];
-					}
-				fg_epilogue<MODE>(a, u, r0, r1, t, x1v, x2v);
-			}
+			if (lane < NT && half == 0) fg_lane_epilogue<NT, MODE>(a, u, r0, r1, lane, acc0, acc1);
 #pragma unroll
 			for (int t = 0; t < 4; t++) acc0[t] = acc1[t] = 0.f;
 		}
@@ -1734,16 +1739,9 @@ __global__ void __launch_bounds__(BK_THREADS, 3) bgemv_kernel(FgArgs a, int unit
 			if (TWO) acc1[t] = warp_sum(acc1[t]);
 		}
 		if (lane < NT) {
-			float x1 = acc0[0], x2 = acc1[0];
-#pragma unroll
-			for (int k = 1; k < NT; k++)
-				if (lane == k) {
-					x1 = acc0[k];
-					x2 = acc1[k];
-				}
 			int r0, r1;
 			fg_rows<MODE>(a, u, r0, r1);
-			fg_epilogue<MODE>(a, u, r0, r1, lane, x1, x2);
+			fg_lane_epilogue<NT, MODE>(a, u, r0, r1, lane, acc0, acc1);
 		}
 	}
 }
