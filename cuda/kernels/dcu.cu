@@ -67,6 +67,26 @@ static const char *cublas_name(cublasStatus_t s) {
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 
+// A launch configuration that allows programmatic dependent launch when pdl
+// is set (cudaLaunchKernelEx); not copyable, since cfg points at its own
+// attribute.
+struct PdlLaunch {
+	cudaLaunchConfig_t cfg = {};
+	cudaLaunchAttribute at[1];
+	PdlLaunch(dim3 grid, dim3 block, size_t smem, cudaStream_t s, bool pdl) {
+		cfg.gridDim = grid;
+		cfg.blockDim = block;
+		cfg.dynamicSmemBytes = smem;
+		cfg.stream = s;
+		at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+		at[0].val.programmaticStreamSerializationAllowed = 1;
+		cfg.attrs = at;
+		cfg.numAttrs = pdl ? 1 : 0;
+	}
+	PdlLaunch(const PdlLaunch &) = delete;
+	PdlLaunch &operator=(const PdlLaunch &) = delete;
+};
+
 __device__ __forceinline__ float warp_sum(float v) {
 	for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
 	return v;
@@ -1505,32 +1525,24 @@ __global__ void __launch_bounds__(256, 2) fgemv_kernel(FgArgs a, int units) {
 template <int NT, int MODE, int B, int KS>
 static cudaError_t fg_launch1(const FgArgs &a, int sms, int occ, int pdl, cudaStream_t s) {
 	const int units = (MODE == FG_STORE || MODE == FG_RESID) ? a.out : a.out / 2;
-	cudaLaunchConfig_t cfg = {};
-	cfg.dynamicSmemBytes = (size_t)NT * a.in * 2;
+	const size_t smem = (size_t)NT * a.in * 2;
 	if (occ <= 0) {
 		// as many blocks as fit on an SM (registers, shared memory), cached per kernel and size
 		static int cached[2] = {0, -1};
-		if (cached[1] != (int)cfg.dynamicSmemBytes) {
+		if (cached[1] != (int)smem) {
 			int n = 0;
-			cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, fgemv_kernel<NT, MODE, B, KS>, 256, cfg.dynamicSmemBytes);
+			cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, fgemv_kernel<NT, MODE, B, KS>, 256, smem);
 			if (e != cudaSuccess) return e;
 			cached[0] = n < 1 ? 1 : n;
-			cached[1] = (int)cfg.dynamicSmemBytes;
+			cached[1] = (int)smem;
 		}
 		occ = cached[0];
 	}
 	constexpr int PW = 8 / KS;
 	int blocks = (units + PW - 1) / PW;
 	if (blocks > occ * sms) blocks = occ * sms;
-	cfg.gridDim = dim3((unsigned)blocks);
-	cfg.blockDim = dim3(256);
-	cfg.stream = s;
-	cudaLaunchAttribute at[1];
-	at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-	at[0].val.programmaticStreamSerializationAllowed = 1;
-	cfg.attrs = at;
-	cfg.numAttrs = pdl ? 1 : 0;
-	return cudaLaunchKernelEx(&cfg, fgemv_kernel<NT, MODE, B, KS>, a, units);
+	PdlLaunch l(dim3((unsigned)blocks), dim3(256), smem, s, pdl);
+	return cudaLaunchKernelEx(&l.cfg, fgemv_kernel<NT, MODE, B, KS>, a, units);
 }
 
 template <int MODE, int B, int KS>
@@ -1767,17 +1779,8 @@ static cudaError_t bk_launch1(const FgArgs &a, int sms, int budget, int pdl, cud
 			if (nw * (slots / nw) > best) best = nw * (slots / nw);
 		slots = best;
 	}
-	cudaLaunchConfig_t cfg = {};
-	cfg.dynamicSmemBytes = bk_smem(NT, a.in, TWO, slots);
-	cfg.gridDim = dim3((unsigned)blocks);
-	cfg.blockDim = dim3(BK_THREADS);
-	cfg.stream = s;
-	cudaLaunchAttribute at[1];
-	at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-	at[0].val.programmaticStreamSerializationAllowed = 1;
-	cfg.attrs = at;
-	cfg.numAttrs = pdl ? 1 : 0;
-	return cudaLaunchKernelEx(&cfg, bgemv_kernel<NT, MODE>, a, units, slots);
+	PdlLaunch l(dim3((unsigned)blocks), dim3(BK_THREADS), bk_smem(NT, a.in, TWO, slots), s, pdl);
+	return cudaLaunchKernelEx(&l.cfg, bgemv_kernel<NT, MODE>, a, units, slots);
 }
 
 template <int MODE>
@@ -2377,16 +2380,8 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			                                                            c.tokens_per_block, P, nsplit, scale, m->pacc,
 			                                                            m->pm, m->pl);
 		} else if (m->use_dec && D == 64 && G <= 16 && m->mma_dec) {
-			cudaLaunchConfig_t ac = {};
-			ac.gridDim = dim3(T, nkv, nsplit);
-			ac.blockDim = dim3(32 * DEC_WARPS);
-			ac.stream = s;
-			cudaLaunchAttribute at[1];
-			at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-			at[0].val.programmaticStreamSerializationAllowed = 1;
-			ac.attrs = at;
-			ac.numAttrs = fused && pdl ? 1 : 0;
-			CK(cudaLaunchKernelEx(&ac, attn_mma_dec_kernel, (const float *)m->q, pos, btoff, tables,
+			PdlLaunch al(dim3(T, nkv, nsplit), dim3(32 * DEC_WARPS), 0, s, fused && pdl);
+			CK(cudaLaunchKernelEx(&al.cfg, attn_mma_dec_kernel, (const float *)m->q, pos, btoff, tables,
 			                      (const __nv_bfloat16 *)kv_layer, block_stride, nh, nkv, c.tokens_per_block, P, nsplit,
 			                      scale, m->pacc, m->pm, m->pl));
 		} else if (m->use_dec) {
@@ -2405,20 +2400,12 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 		CKL();
 		MARK(4);
 		if (!(skip & 4)) {
-			cudaLaunchConfig_t rc = {};
-			rc.gridDim = dim3(T, nh);
-			rc.blockDim = dim3(D < 32 ? 32 : (D > 256 ? 256 : D));
-			rc.stream = s;
-			cudaLaunchAttribute at[1];
-			at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-			at[0].val.programmaticStreamSerializationAllowed = 1;
-			rc.attrs = at;
-			rc.numAttrs = fused && pdl ? 1 : 0;
+			PdlLaunch rl(dim3(T, nh), dim3(D < 32 ? 32 : (D > 256 ? 256 : D)), 0, s, fused && pdl);
 			// the one-trip combine while the grid is small (decode), the loop otherwise
 			const bool wide = (size_t)T * nh <= (size_t)16 * m->sms;
-			auto rk = rc.numAttrs ? (wide ? attn_reduce_kernel<true, true> : attn_reduce_kernel<true, false>)
-			                      : (wide ? attn_reduce_kernel<false, true> : attn_reduce_kernel<false, false>);
-			CK(cudaLaunchKernelEx(&rc, rk, pos,
+			auto rk = rl.cfg.numAttrs ? (wide ? attn_reduce_kernel<true, true> : attn_reduce_kernel<true, false>)
+			                          : (wide ? attn_reduce_kernel<false, true> : attn_reduce_kernel<false, false>);
+			CK(cudaLaunchKernelEx(&rl.cfg, rk, pos,
 			                      (const float *)m->pacc, (const float *)m->pm, (const float *)m->pl, nh, D, P, nsplit,
 			                      m->attn));
 		}
