@@ -6,7 +6,7 @@
 # (BenchmarkLatency). Columns: UCX as configured (writes from host memory
 # as active messages where the endpoint has no RMA lane, as over TCP),
 # UCX with DISAGG_UCX_AM_WRITE=0 (RMA puts, which UCX 1.13 emulates over
-# TCP), NIXL.
+# TCP), UCX reads (BenchmarkReadBandwidth: pull instead of push), NIXL.
 # UCX_TLS (default tcp: what UCX uses with peer error handling on a host
 # without RDMA or CUDA) applies to all; ucx_perftest runs with -e (peer
 # error handling), as the transceivers' endpoints do.
@@ -50,13 +50,14 @@ perftest() {
   done
 }
 
-# bench COLUMN PACKAGE [ENV...]: BenchmarkBandwidth of one package's test
-# binary, run in the package's folder as go test runs it.
+# bench COLUMN PACKAGE [ENV...]: BenchmarkBandwidth (writes; BENCH=
+# BenchmarkReadBandwidth: reads) of one package's test binary, run in the
+# package's folder as go test runs it.
 bench() {
-  local col=$1 pkg=$2
+  local col=$1 pkg=$2 name=${BENCH:-BenchmarkBandwidth}
   shift 2
-  (cd "transceiver/$pkg" && env "$@" "$out/$pkg.test" -test.run '^$' -test.bench BenchmarkBandwidth -test.benchtime 1s) > "$out/bw" 2>&1 || { cat "$out/bw" >&2; exit 1; }
-  awk -v c="$col" -v r="$round" '/^BenchmarkBandwidth\// {
+  (cd "transceiver/$pkg" && env "$@" "$out/$pkg.test" -test.run '^$' -test.bench "^$name\$" -test.benchtime 1s) > "$out/bw" 2>&1 || { cat "$out/bw" >&2; exit 1; }
+  awk -v c="$col" -v r="$round" -v n="$name" 'index($1, n "/") == 1 {
     split($1, f, "/"); sub("size=", "", f[2]); sub("KB", "", f[2]); sub("blocks=", "", f[3]); sub("-[0-9]+$", "", f[3])
     printf "%s %d %s %s %s\n", c, f[2] * 1024, f[3], $(NF - 1), r
   }' "$out/bw" >> "$out/results"
@@ -66,13 +67,14 @@ run_column() {
   case $1 in
     UCX) bench UCX ucx ;;
     UCX-RMA) bench UCX-RMA ucx DISAGG_UCX_AM_WRITE=0 ;;
+    UCX-read) BENCH=BenchmarkReadBandwidth bench UCX-read ucx ;;
     NIXL) bench NIXL nixl ;;
     put_bw) perftest put_bw ucp_put_bw ;;
     am_bw) perftest am_bw ucp_am_bw ;;
   esac
 }
 
-columns="put_bw UCX UCX-RMA NIXL am_bw"
+columns="put_bw UCX UCX-RMA UCX-read NIXL am_bw"
 : > "$out/results"
 for round in $(seq 1 "$ROUNDS"); do
   order=$columns
@@ -112,10 +114,10 @@ awk -v sizes="$sizes" -v cols="$columns" '
       for (k = 1; k <= nc; k++) printf " %18s", cell(v[c[k] " " key], "")
       printf "\n"
     }
-    printf "\n%-6s %-6s %18s %18s %18s %18s %18s\n", "block", "blocks", "UCX/put_bw", "UCX-RMA/put_bw", "NIXL/put_bw", "UCX/am_bw", "UCX/UCX-RMA"
+    printf "\n%-6s %-6s %18s %18s %18s %18s %18s %18s\n", "block", "blocks", "UCX/put_bw", "UCX-RMA/put_bw", "NIXL/put_bw", "UCX/am_bw", "UCX/UCX-RMA", "UCX/UCX-read"
     for (i = 1; i <= ns; i++) for (j = 1; j <= nn; j++) {
       key = sz[i] " " cn[j]
-      printf "%-6s %-6s %18s %18s %18s %18s %18s\n", sz[i] / 1024 "KB", cn[j], ratio("UCX", "put_bw", key), ratio("UCX-RMA", "put_bw", key), ratio("NIXL", "put_bw", key), ratio("UCX", "am_bw", key), ratio("UCX", "UCX-RMA", key)
+      printf "%-6s %-6s %18s %18s %18s %18s %18s %18s\n", sz[i] / 1024 "KB", cn[j], ratio("UCX", "put_bw", key), ratio("UCX-RMA", "put_bw", key), ratio("NIXL", "put_bw", key), ratio("UCX", "am_bw", key), ratio("UCX", "UCX-RMA", key), ratio("UCX", "UCX-read", key)
     }
   }' "$out/results"
 echo

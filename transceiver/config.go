@@ -94,7 +94,7 @@ func EnvVars() map[string]string {
 		"DISAGG_UCX_ERR_MODE": "none: UCX endpoints without peer error handling (faster transports such as cma and cuda_ipc; a dead peer may hang or abort the process)",
 		"UCX_*":               "passed to UCX unchanged (UCX_TLS, UCX_NET_DEVICES, ...)",
 		EnvStaging:            "auto (default): stage through pinned host buffers only device memory the backend cannot register; force: stage every pool",
-		EnvTransferMode:       "auto (default): the context worker pushes when either pool is on a GPU or staged, the generation worker pulls between host pools; push; pull",
+		EnvTransferMode:       "auto (default): the context worker pushes when either pool is on a GPU or staged, or when a KV of 1 MB or more would travel between host pools over UCX active-message writes (TCP); otherwise the generation worker pulls; push; pull",
 	}
 }
 

@@ -161,6 +161,16 @@ type Reader interface {
 	Read(ctx context.Context, t Transfer) error
 }
 
+// MessageWriter is the optional report of a Peer whose writes travel as
+// messages that the target's progress loop lands rather than as one-sided
+// RMA (UCX where the endpoint has no RMA lane, as over TCP). There a write
+// outruns a read of the same blocks, which the transport emulates with a
+// request and a reply, so a generation worker asks for a large KV to be
+// pushed (docs/PERFORMANCE.md, "Pull or push over TCP").
+type MessageWriter interface {
+	WritesAsMessages() bool
+}
+
 // Notifier is the optional ability of a Peer to send a notification.
 type Notifier interface {
 	// Notify sends n to the peer; it is ordered after completed transfers.

@@ -267,6 +267,9 @@ func BenchmarkLatency(b *testing.B) { suite.BenchLatency(b) }
 // process against block size and count (transceivertest.Suite.BenchBandwidth).
 func BenchmarkBandwidth(b *testing.B) { suite.BenchBandwidth(b) }
 
+// BenchmarkReadBandwidth is BenchmarkBandwidth with reads (pull).
+func BenchmarkReadBandwidth(b *testing.B) { suite.BenchReadBandwidth(b) }
+
 // TestIdleAgentsLeaveTheCPU: two connected agents with nothing to do use
 // a small share of a core. NIXL's own progress thread (DISAGG_NIXL_PROGRESS_THREAD=1,
 // or a libnixl_capi without nixl_capi_create_configured_agent) busy-waits

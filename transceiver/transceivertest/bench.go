@@ -18,6 +18,8 @@ import (
 //   - write: Peer.Write, from the call to the caller having the
 //     completion (post, flush, hand-back), while the target expects a
 //     notification, as a generation worker does while its KV arrives;
+//   - pull: a Read of one block from the other agent, as a generation
+//     worker pulls its KV (the alternative to push below);
 //   - notify: a notification's round trip, echoed back by the other agent;
 //   - push: a push on request's round trip, as a generation worker asks a
 //     context worker for its KV: a Notify carrying a PushRequest, the other
@@ -65,6 +67,23 @@ func (s Suite) BenchLatency(b *testing.B) {
 		}
 		for b.Loop() {
 			if err := toHolder.Write(ctx, tr); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+
+	b.Run("pull", func(b *testing.B) {
+		rd, ok := toHolder.(transceiver.Reader)
+		if !ok {
+			b.Skipf("%s peers cannot read", asker.Backend())
+		}
+		defer expecting(holder)()
+		tr := transceiver.Transfer{Pairs: []transceiver.BlockPair{{Local: 2, Remote: 3}}}
+		if err := rd.Read(ctx, tr); err != nil {
+			b.Fatal(err)
+		}
+		for b.Loop() {
+			if err := rd.Read(ctx, tr); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -188,7 +207,14 @@ func (s Suite) BenchLatency(b *testing.B) {
 // its fast rate, which transports that need the target's progress, TCP,
 // rely on). `make bench-transfer` sets it beside ucx_perftest on the same
 // transport (scripts/bench_transfer.sh).
-func (s Suite) BenchBandwidth(b *testing.B) {
+func (s Suite) BenchBandwidth(b *testing.B) { s.benchBandwidth(b, true) }
+
+// BenchReadBandwidth is BenchBandwidth with Peer.Read (pull) in place of
+// Write (push), for backends whose peers read: which of the two a
+// generation worker should ask for over a given transport.
+func (s Suite) BenchReadBandwidth(b *testing.B) { s.benchBandwidth(b, false) }
+
+func (s Suite) benchBandwidth(b *testing.B, write bool) {
 	s.Require(b)
 	const maxBlocks = 128
 	ctx := context.Background()
@@ -209,12 +235,20 @@ func (s Suite) BenchBandwidth(b *testing.B) {
 			}
 			tr := transceiver.Transfer{Pairs: pairs}
 			b.Run(fmt.Sprintf("size=%dKB/blocks=%d", size>>10, count), func(b *testing.B) {
+				move := p.peer.Write
+				if !write {
+					rd, ok := p.peer.(transceiver.Reader)
+					if !ok {
+						b.Skipf("%s peers cannot read", p.agent.Backend())
+					}
+					move = rd.Read
+				}
 				b.SetBytes(int64(size * count))
-				if err := p.peer.Write(ctx, tr); err != nil {
+				if err := move(ctx, tr); err != nil {
 					b.Fatal(err)
 				}
 				for b.Loop() {
-					if err := p.peer.Write(ctx, tr); err != nil {
+					if err := move(ctx, tr); err != nil {
 						b.Fatal(err)
 					}
 				}

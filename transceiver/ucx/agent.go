@@ -761,6 +761,10 @@ func (p *Peer) usable() error {
 }
 
 // Name is the peer agent's name.
+// WritesAsMessages reports whether writes to p go as active messages
+// (transceiver.MessageWriter): chosen at Connect, see chooseWritePath.
+func (p *Peer) WritesAsMessages() bool { return p.am }
+
 func (p *Peer) Name() string { return p.name }
 
 // Write pushes blocks to the peer: from host memory over an endpoint
@@ -944,8 +948,13 @@ func (a *Agent) deliver() bool {
 }
 
 // drain pops every message of q, hands each one's bytes to f, and
-// reports whether there was any.
+// reports whether there was any. The handlers fill q inside dxu_progress on
+// the loop's own thread, so an empty queue is seen from Go without a cgo
+// call: the loop's passes with nothing received make none.
 func drain(q *C.dx_queue, f func([]byte)) bool {
+	if q.head == nil {
+		return false
+	}
 	got := false
 	for {
 		m := C.dxu_queue_pop(q)

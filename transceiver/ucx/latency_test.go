@@ -12,3 +12,6 @@ func BenchmarkLatency(b *testing.B) { suite.BenchLatency(b) }
 // BenchmarkBandwidth is write bandwidth from a UCX agent to one in a peer
 // process against block size and count (transceivertest.Suite.BenchBandwidth).
 func BenchmarkBandwidth(b *testing.B) { suite.BenchBandwidth(b) }
+
+// BenchmarkReadBandwidth is BenchmarkBandwidth with reads (pull).
+func BenchmarkReadBandwidth(b *testing.B) { suite.BenchReadBandwidth(b) }

@@ -26,7 +26,7 @@ var EnvVars = []EnvVar{
 	{"DISAGG_UCX_AM_WRITE", "how the UCX backend writes host KV blocks: unset (auto): as active messages where the endpoint has no RMA lane (TCP), else RMA puts; 0: always RMA puts; 1: always active messages (GPU pools always use RMA)"},
 	{"DISAGG_UCX_ERR_MODE", "none: UCX endpoints without peer error handling (faster cma/cuda_ipc transports; a dead peer may hang a transfer)"},
 	{"DISAGG_KV_STAGING", "auto (default): stage through pinned host buffers of max_tokens_in_buffer tokens only device memory the backend cannot register; force: stage every pool"},
-	{"DISAGG_KV_TRANSFER_MODE", "auto (default): the context worker pushes when either pool is on a GPU or staged, the generation worker pulls between host pools; push; pull"},
+	{"DISAGG_KV_TRANSFER_MODE", "auto (default): the context worker pushes when either pool is on a GPU or staged, or when a KV of 1 MB or more would travel between host pools over UCX active-message writes (TCP); otherwise the generation worker pulls; push; pull"},
 	{"UCX_*", "passed to UCX unchanged (UCX_TLS, UCX_NET_DEVICES, ...)"},
 }
 

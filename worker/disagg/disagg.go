@@ -125,8 +125,10 @@ type Options struct {
 	// DISAGG_KV_TRANSFER_MODE, else auto. Auto pushes when either pool is
 	// on a GPU or staged (UCX turns zero-copy GET off over CUDA IPC
 	// without NVLink, and a staged pool cannot be read remotely), and
-	// pulls between host pools. A staged context worker is always pushed
-	// from.
+	// between host pools pulls, except a KV of 1 MB or more where the
+	// peer's writes travel as messages (transceiver.MessageWriter: UCX
+	// over TCP), which is pushed. A staged context worker is always
+	// pushed from.
 	TransferMode string
 	// KV is the engine.
 	KV KV
@@ -142,6 +144,8 @@ type Manager struct {
 	pool *kvcache.Pool
 	fp   Fingerprint
 	info []byte
+	// pushMin is pushMinBytes (tests lower it)
+	pushMin int64
 
 	nextID atomic.Int64
 
@@ -182,8 +186,11 @@ type metrics struct {
 	bytes    prometheus.Counter
 	seconds  prometheus.Histogram
 	failures prometheus.Counter
-	expired  prometheus.Counter
-	parked   prometheus.GaugeFunc
+	// transfers counts the generation side's completed transfers by mode
+	// (push, pull)
+	transfers *prometheus.CounterVec
+	expired   prometheus.Counter
+	parked    prometheus.GaugeFunc
 }
 
 // New makes a Manager. The transceiver, when given, must have registered
@@ -220,6 +227,7 @@ func New(opts Options) (*Manager, error) {
 	}
 	m := &Manager{
 		opts: opts, log: log, pool: opts.KV.Pool(), parked: map[int64]*parkedKV{}, peers: map[string]*peerConn{},
+		pushMin: pushMinBytes,
 	}
 	m.fp = FingerprintOf(m.pool.Layout())
 	if opts.Transceiver != nil {
@@ -249,6 +257,9 @@ func New(opts Options) (*Manager, error) {
 		failures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "worker_kv_transfer_failures_total", Help: "KV transfers that failed or timed out (generation side).",
 		}),
+		transfers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "worker_kv_transfers_total", Help: "KV transfers completed (generation side), by mode: push (the context worker wrote) or pull (this worker read).",
+		}, []string{"mode"}),
 		expired: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "worker_kv_parked_expired_total", Help: "Parked context requests freed at their deadline, never transferred.",
 		}),
@@ -264,10 +275,11 @@ func New(opts Options) (*Manager, error) {
 //	worker_kv_transfer_bytes_total     counter: KV bytes pulled
 //	worker_kv_transfer_seconds         histogram: one request's transfer time
 //	worker_kv_transfer_failures_total  counter: failed or timed-out transfers
+//	worker_kv_transfers_total{mode}    counter: completed transfers, push or pull
 //	worker_kv_parked_expired_total     counter: parked requests freed at their deadline
 //	worker_kv_parked_blocks            gauge: blocks parked for transfer
 func (m *Manager) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.metrics.bytes, m.metrics.seconds, m.metrics.failures, m.metrics.expired, m.metrics.parked}
+	return []prometheus.Collector{m.metrics.bytes, m.metrics.seconds, m.metrics.failures, m.metrics.transfers, m.metrics.expired, m.metrics.parked}
 }
 
 // ParkedBlocks is the number of blocks parked now.
@@ -573,7 +585,8 @@ func (m *Manager) pull(ctx context.Context, st State, remote transceiver.Info, l
 	}
 	tctx, cancel := context.WithTimeout(ctx, m.opts.TransferTimeout)
 	defer cancel()
-	push := m.usePush(remote)
+	modePush := m.usePush(remote)
+	push := modePush
 	start := time.Now()
 	var peer transceiver.Peer
 	var err error
@@ -584,6 +597,7 @@ func (m *Manager) pull(ctx context.Context, st State, remote transceiver.Info, l
 			return api.KVTransfer{}, api.NewError(http.StatusBadGateway, api.TypeServer, "",
 				fmt.Sprintf("Could not connect to the context worker %q: %v.", remote.Agent, err))
 		}
+		push = modePush || m.pushLarge(peer, len(local))
 		if push {
 			err = m.pushFetch(tctx, peer, st, local)
 		} else {
@@ -632,6 +646,11 @@ func (m *Manager) pull(ctx context.Context, st State, remote transceiver.Info, l
 	moved := api.KVTransfer{Bytes: int64(len(local)) * int64(m.pool.Layout().BlockBytes()), Duration: time.Since(start)}
 	m.metrics.seconds.Observe(moved.Duration.Seconds())
 	m.metrics.bytes.Add(float64(moved.Bytes))
+	if push {
+		m.metrics.transfers.WithLabelValues("push").Inc()
+	} else {
+		m.metrics.transfers.WithLabelValues("pull").Inc()
+	}
 	m.log.Debug("KV transferred", "ctx_request_id", st.CtxRequestID, "blocks", len(local), "push", push, "duration", moved.Duration)
 	m.notify(peer, transceiver.Notification{RequestID: uint64(st.CtxRequestID)})
 	return moved, nil

@@ -74,6 +74,24 @@ func (m *Manager) usePush(remote transceiver.Info) bool {
 	return remote.Region.Device || m.pool.Memory().Device() || m.localStaged()
 }
 
+// pushMinBytes is the smallest KV that auto mode pushes where it would
+// pull but the peer writes as messages (transceiver.MessageWriter): a push
+// costs one notification round trip more than a read (about 0.3 ms between
+// two agents over TCP on a 2-core host), and over TCP writes moved 1.3-3x
+// the bytes per second of reads from 16 blocks of 64 KB up
+// (docs/PERFORMANCE.md, "Pull or push over TCP").
+const pushMinBytes = 1 << 20
+
+// pushLarge says whether auto mode pushes a KV of n blocks that it would
+// otherwise pull through peer.
+func (m *Manager) pushLarge(peer transceiver.Peer, n int) bool {
+	if m.opts.TransferMode != transceiver.ModeAuto {
+		return false
+	}
+	mw, ok := peer.(transceiver.MessageWriter)
+	return ok && mw.WritesAsMessages() && int64(n)*int64(m.pool.Layout().BlockBytes()) >= m.pushMin
+}
+
 func (m *Manager) localStaged() bool {
 	s, ok := m.opts.Transceiver.(*transceiver.Staging)
 	return ok && s.Staged()

@@ -183,6 +183,40 @@ func TestTransferModes(t *testing.T) {
 	}
 }
 
+// TestAutoPushesLargeKVOverMessages: in auto mode between host pools, a
+// KV of at least pushMin bytes is pushed when the peer's writes travel as
+// UCX active messages (DISAGG_UCX_AM_WRITE=1, the path UCX takes over
+// TCP), and pulled when they are RMA puts (=0); a smaller KV is pulled
+// either way. The bytes arrive intact in every case.
+func TestAutoPushesLargeKVOverMessages(t *testing.T) {
+	for _, c := range []struct {
+		amWrite   string
+		wantPush  float64 // of the two transfers below
+		wantPulls float64
+	}{{"1", 1, 1}, {"0", 0, 2}} {
+		t.Run("DISAGG_UCX_AM_WRITE="+c.amWrite, func(t *testing.T) {
+			t.Setenv("DISAGG_UCX_AM_WRITE", c.amWrite)
+			o := sideOpts{blocks: 64, mode: transceiver.ModeAuto, sender: 10 * time.Second, transfer: 10 * time.Second}
+			o.role = RoleContext
+			ctxSide := newSide(t, o)
+			o.role = RoleGeneration
+			gen := newSide(t, o)
+			gen.m.pushMin = int64(8 * testLayout.BlockBytes())
+			moveAndCheck(t, ctxSide, gen, 9, 1)  // 3 blocks: pulled
+			moveAndCheck(t, ctxSide, gen, 37, 2) // 10 blocks: pushed over messages
+			for mode, want := range map[string]float64{"push": c.wantPush, "pull": c.wantPulls} {
+				var mv dto.Metric
+				if err := gen.m.metrics.transfers.WithLabelValues(mode).Write(&mv); err != nil {
+					t.Fatal(err)
+				}
+				if got := mv.GetCounter().GetValue(); got != want {
+					t.Errorf("worker_kv_transfers_total{mode=%q} = %v, want %v", mode, got, want)
+				}
+			}
+		})
+	}
+}
+
 func mustInfo(t *testing.T, s *side) transceiver.Info {
 	t.Helper()
 	blob, err := s.tr.LocalInfo()
