@@ -1522,8 +1522,12 @@ __global__ void __launch_bounds__(256, 2) fgemv_kernel(FgArgs a, int units) {
 	}
 }
 
+// bal: a grid whose warps all get the same number of units where one of
+// at least half the blocks allows it (DCU_FG_BAL=1: Gate/Up of TinyLlama,
+// 5632 units, gets 176 blocks of 4 units a warp instead of 264 blocks where
+// two warps in three read 3 units and the rest 2).
 template <int NT, int MODE, int B, int KS>
-static cudaError_t fg_launch1(const FgArgs &a, int sms, int occ, int pdl, cudaStream_t s) {
+static cudaError_t fg_launch1(const FgArgs &a, int sms, int occ, int pdl, cudaStream_t s, int bal) {
 	const int units = (MODE == FG_STORE || MODE == FG_RESID) ? a.out : a.out / 2;
 	const size_t smem = (size_t)NT * a.in * 2;
 	if (occ <= 0) {
@@ -1541,32 +1545,38 @@ static cudaError_t fg_launch1(const FgArgs &a, int sms, int occ, int pdl, cudaSt
 	constexpr int PW = 8 / KS;
 	int blocks = (units + PW - 1) / PW;
 	if (blocks > occ * sms) blocks = occ * sms;
+	if (bal && units % PW == 0 && units / PW > blocks)
+		for (int b = blocks; b >= blocks / 2; b--)
+			if ((units / PW) % b == 0) {
+				blocks = b;
+				break;
+			}
 	PdlLaunch l(dim3((unsigned)blocks), dim3(256), smem, s, pdl);
 	return cudaLaunchKernelEx(&l.cfg, fgemv_kernel<NT, MODE, B, KS>, a, units);
 }
 
 template <int MODE, int B, int KS>
-static cudaError_t fg_launch2(int nt, const FgArgs &a, int sms, int occ, int pdl, cudaStream_t s) {
+static cudaError_t fg_launch2(int nt, const FgArgs &a, int sms, int occ, int pdl, cudaStream_t s, int bal) {
 	switch (nt) {
-	case 1: return fg_launch1<1, MODE, B, KS>(a, sms, occ, pdl, s);
-	case 2: return fg_launch1<2, MODE, B, KS>(a, sms, occ, pdl, s);
-	case 3: return fg_launch1<3, MODE, B, KS>(a, sms, occ, pdl, s);
-	default: return fg_launch1<4, MODE, B, KS>(a, sms, occ, pdl, s);
+	case 1: return fg_launch1<1, MODE, B, KS>(a, sms, occ, pdl, s, bal);
+	case 2: return fg_launch1<2, MODE, B, KS>(a, sms, occ, pdl, s, bal);
+	case 3: return fg_launch1<3, MODE, B, KS>(a, sms, occ, pdl, s, bal);
+	default: return fg_launch1<4, MODE, B, KS>(a, sms, occ, pdl, s, bal);
 	}
 }
 
 // b: chunks per lane and row per step (2, 4 or 8); occ: blocks per SM (0:
 // as many as fit); ks: warps per unit (1 or 2)
 template <int MODE>
-static cudaError_t fg_launch(int nt, const FgArgs &a, int sms, int b, int occ, int pdl, cudaStream_t s, int ks = 1) {
+static cudaError_t fg_launch(int nt, const FgArgs &a, int sms, int b, int occ, int pdl, cudaStream_t s, int ks, int bal) {
 	if (ks == 2) {
-		if (b == 2) return fg_launch2<MODE, 2, 2>(nt, a, sms, occ, pdl, s);
-		if (b == 4) return fg_launch2<MODE, 4, 2>(nt, a, sms, occ, pdl, s);
-		return fg_launch2<MODE, 8, 2>(nt, a, sms, occ, pdl, s);
+		if (b == 2) return fg_launch2<MODE, 2, 2>(nt, a, sms, occ, pdl, s, bal);
+		if (b == 4) return fg_launch2<MODE, 4, 2>(nt, a, sms, occ, pdl, s, bal);
+		return fg_launch2<MODE, 8, 2>(nt, a, sms, occ, pdl, s, bal);
 	}
-	if (b == 2) return fg_launch2<MODE, 2, 1>(nt, a, sms, occ, pdl, s);
-	if (b == 4) return fg_launch2<MODE, 4, 1>(nt, a, sms, occ, pdl, s);
-	return fg_launch2<MODE, 8, 1>(nt, a, sms, occ, pdl, s);
+	if (b == 2) return fg_launch2<MODE, 2, 1>(nt, a, sms, occ, pdl, s, bal);
+	if (b == 4) return fg_launch2<MODE, 4, 1>(nt, a, sms, occ, pdl, s, bal);
+	return fg_launch2<MODE, 8, 1>(nt, a, sms, occ, pdl, s, bal);
 }
 
 // Largest dynamic shared memory any fused GEMV of the model asks for.
@@ -1860,7 +1870,11 @@ struct dcu_model {
 	int fg_b1, fg_b2, fg_occ;
 	int skip;     // DCU_DIAG_SKIP: kernels of the fused path left out, for timing only (results are wrong)
 	int fg_split; // bit 1: QKV, bit 2: Gate/Up, bit 4: O and Down: two warps per unit (DCU_FG_SPLIT)
-	int bulk;      // the bulk-copy GEMV for the fused path (DCU_BULK=1; slower so far: docs/PERFORMANCE.md)
+	int fg_bal;    // equal units per warp where a smaller grid allows it (DCU_FG_BAL=1)
+	// the bulk-copy GEMV for the fused path, per matrix (DCU_BULK: 1 all, or
+	// a mask: 2 QKV, 4 O, 8 Gate/Up, 16 Down, 32 LM head; slower so far:
+	// docs/PERFORMANCE.md)
+	int bulk;
 	int bulk_smem; // its shared memory per block, bytes (DCU_BULK_SMEM, KB)
 	std::vector<cudaEvent_t> prof_ev;
 	std::vector<int> prof_kind;
@@ -1869,10 +1883,12 @@ struct dcu_model {
 // The fused GEMV of one weight matrix for a step of nt tokens: the
 // bulk-copy kernel, or the register-streaming one (b chunks per lane, ks
 // warps per unit).
+// which: the matrix's bit of DCU_BULK.
 template <int MODE>
-static cudaError_t fused_gemv(const dcu_model *m, int nt, const FgArgs &a, int b, int pdl, cudaStream_t s, int ks = 1) {
-	if (m->bulk) return bk_launch<MODE>(nt, a, m->sms, m->bulk_smem, pdl, s);
-	return fg_launch<MODE>(nt, a, m->sms, b, m->fg_occ, pdl, s, ks);
+static cudaError_t fused_gemv(const dcu_model *m, int which, int nt, const FgArgs &a, int b, int pdl, cudaStream_t s,
+                              int ks = 1) {
+	if (m->bulk & which) return bk_launch<MODE>(nt, a, m->sms, m->bulk_smem, pdl, s);
+	return fg_launch<MODE>(nt, a, m->sms, b, m->fg_occ, pdl, s, ks, m->fg_bal);
 }
 
 // Profiling (dcu_profile_step): an event after every operation of a step,
@@ -2025,7 +2041,9 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 	m->fg_split = env_int("DCU_FG_SPLIT", 0, 0, 7);
 	m->skip = env_int("DCU_DIAG_SKIP", 0, 0, 127);
 	m->fg_occ = env_int("DCU_FG_OCC", 0, 0, 16);
-	m->bulk = getenv("DCU_BULK") && getenv("DCU_BULK")[0] == '1';
+	m->bulk = env_int("DCU_BULK", 0, 0, 63);
+	if (m->bulk == 1) m->bulk = 62;
+	m->fg_bal = env_int("DCU_FG_BAL", 0, 0, 1);
 	m->bulk_smem = env_int("DCU_BULK_SMEM", 88, 16, 200) * 1024;
 	CK(cudaEventCreate(&m->ev0));
 	CK(cudaEventCreate(&m->ev1));
@@ -2360,7 +2378,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.out = (int)qkv_dim(c);
 			fa.in = H;
 			fa.kv_layer = kv_layer;
-			if (!(skip & 1)) CK(fused_gemv<FG_ROPE>(m, T, fa, m->fg_b2, pdl, s, m->fg_split & 1 ? 2 : 1));
+			if (!(skip & 1)) CK(fused_gemv<FG_ROPE>(m, 2, T, fa, m->fg_b2, pdl, s, m->fg_split & 1 ? 2 : 1));
 			MARK(2);
 		} else {
 			rmsnorm_kernel<<<T, 256, 0, s>>>(m->x, nullptr, L.attn_norm, m->xn, H, c.eps);
@@ -2417,7 +2435,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.out = H;
 			fa.in = nh * D;
 			fa.Y = m->x;
-			if (!(skip & 8)) CK(fused_gemv<FG_RESID>(m, T, fa, m->fg_b1, pdl, s, m->fg_split & 4 ? 2 : 1));
+			if (!(skip & 8)) CK(fused_gemv<FG_RESID>(m, 4, T, fa, m->fg_b1, pdl, s, m->fg_split & 4 ? 2 : 1));
 			MARK(6);
 			fa.W = L.gate_up;
 			fa.norm = L.mlp_norm;
@@ -2425,7 +2443,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.out = 2 * I;
 			fa.in = H;
 			fa.act = m->act;
-			if (!(skip & 16)) CK(fused_gemv<FG_SILU>(m, T, fa, m->fg_b2, pdl, s, m->fg_split & 2 ? 2 : 1));
+			if (!(skip & 16)) CK(fused_gemv<FG_SILU>(m, 8, T, fa, m->fg_b2, pdl, s, m->fg_split & 2 ? 2 : 1));
 			MARK(7);
 			fa.W = L.down;
 			fa.norm = nullptr;
@@ -2433,7 +2451,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.out = H;
 			fa.in = I;
 			fa.Y = m->x;
-			if (!(skip & 32)) CK(fused_gemv<FG_RESID>(m, T, fa, m->fg_b1, pdl, s, m->fg_split & 4 ? 2 : 1));
+			if (!(skip & 32)) CK(fused_gemv<FG_RESID>(m, 16, T, fa, m->fg_b1, pdl, s, m->fg_split & 4 ? 2 : 1));
 			MARK(9);
 			continue;
 		}
@@ -2469,7 +2487,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 		fa.out = V;
 		fa.in = H;
 		fa.Y = m->logits;
-		if (!(skip & 64)) CK(fused_gemv<FG_STORE>(m, R, fa, m->fg_b1, pdl, s));
+		if (!(skip & 64)) CK(fused_gemv<FG_STORE>(m, 32, R, fa, m->fg_b1, pdl, s));
 		MARK(10);
 	} else if (R > 0) {
 		rmsnorm_kernel<<<R, 256, 0, s>>>(m->x, rows, m->norm, m->xn, H, c.eps);
