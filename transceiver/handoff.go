@@ -41,10 +41,17 @@ var (
 	spinners atomic.Int32
 )
 
-// spin calls try, a check that does not block, until it reports true or
-// spinWait passes, where a goroutine may poll (see Handoff); it reports
-// whether try succeeded.
-func spin(try func() bool) bool {
+// LoopMaySpin reports whether a progress loop may watch for work by
+// polling rather than sleep between its polls of the backend: where
+// callers may poll for their answers (four threads or more for Go code,
+// DISAGG_SPIN_WAIT unset; see spin), the loop's thread has a core of its
+// own to spend, and a thread woken from ppoll takes microseconds to run.
+func LoopMaySpin() bool {
+	spinPolicy()
+	return maxSpinners > 0
+}
+
+func spinPolicy() {
 	spinOnce.Do(func() {
 		switch n := runtime.GOMAXPROCS(0); {
 		case os.Getenv(EnvSpinWait) == "0":
@@ -54,6 +61,13 @@ func spin(try func() bool) bool {
 			maxSpinners = 1
 		}
 	})
+}
+
+// spin calls try, a check that does not block, until it reports true or
+// spinWait passes, where a goroutine may poll (see Handoff); it reports
+// whether try succeeded.
+func spin(try func() bool) bool {
+	spinPolicy()
 	if maxSpinners == 0 {
 		return false
 	}

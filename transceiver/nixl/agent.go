@@ -356,10 +356,8 @@ func (a *Agent) loop(ready chan<- error) {
 		if a.transferring() {
 			continue
 		}
-		if len(a.ops) > 0 || a.mail.Waiting() || time.Since(lastActive) < spinAfterActivity {
-			if _, err := a.wake.Sleep(-1, pollGap); err != nil {
-				a.log.Debug("nixl: poll", "err", err)
-			}
+		if recent := time.Since(lastActive) < spinAfterActivity; recent || len(a.ops) > 0 || a.mail.Waiting() {
+			a.nap(recent)
 			continue
 		}
 		timer.Reset(idleWait)
@@ -373,6 +371,31 @@ func (a *Agent) loop(ready chan<- error) {
 			case <-timer.C:
 			default:
 			}
+		}
+	}
+}
+
+// nap waits pollGap between the loop's polls of NIXL, or less when work
+// is handed over. With spin, where a loop may spin
+// (transceiver.LoopMaySpin: four threads or more), it watches the work
+// queue instead of sleeping, so that a transfer handed to the loop right
+// after another (the next request's, or the next layer's) is posted at
+// once rather than once the thread, woken from ppoll, is scheduled again.
+// The loop spins only within spinAfterActivity of its last event, not
+// while aborted transfers wait for their release or for a mere
+// notification wait, which can last as long as a context worker serves. Either way NIXL itself is
+// polled every pollGap, as before.
+func (a *Agent) nap(spin bool) {
+	if !spin || !transceiver.LoopMaySpin() {
+		if _, err := a.wake.Sleep(-1, pollGap); err != nil {
+			a.log.Debug("nixl: poll", "err", err)
+		}
+		return
+	}
+	start := time.Now()
+	for i := 1; len(a.work) == 0; i++ {
+		if i%64 == 0 && time.Since(start) >= pollGap {
+			return
 		}
 	}
 }
