@@ -383,8 +383,8 @@ func (a *Agent) loop(ready chan<- error) {
 // once rather than once the thread, woken from ppoll, is scheduled again.
 // The loop spins only within spinAfterActivity of its last event, not
 // while aborted transfers wait for their release or for a mere
-// notification wait, which can last as long as a context worker serves. Either way NIXL itself is
-// polled every pollGap, as before.
+// notification wait, which can last as long as a context worker serves.
+// Either way NIXL itself is polled every pollGap, as before.
 func (a *Agent) nap(spin bool) {
 	if !spin || !transceiver.LoopMaySpin() {
 		if _, err := a.wake.Sleep(-1, pollGap); err != nil {

@@ -248,7 +248,7 @@ func New(opts Options) (*Manager, error) {
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.metrics = metrics{
 		bytes: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "worker_kv_transfer_bytes_total", Help: "KV cache bytes pulled from context workers.",
+			Name: "worker_kv_transfer_bytes_total", Help: "KV cache bytes moved from context workers (pushed or pulled).",
 		}),
 		seconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "worker_kv_transfer_seconds", Help: "Time of one request's KV transfer (generation side).",
@@ -272,7 +272,7 @@ func New(opts Options) (*Manager, error) {
 
 // Collectors are the Manager's Prometheus metrics:
 //
-//	worker_kv_transfer_bytes_total     counter: KV bytes pulled
+//	worker_kv_transfer_bytes_total     counter: KV bytes moved (push or pull)
 //	worker_kv_transfer_seconds         histogram: one request's transfer time
 //	worker_kv_transfer_failures_total  counter: failed or timed-out transfers
 //	worker_kv_transfers_total{mode}    counter: completed transfers, push or pull

@@ -76,10 +76,10 @@ func (m *Manager) usePush(remote transceiver.Info) bool {
 
 // pushMinBytes is the smallest KV that auto mode pushes where it would
 // pull but the peer writes as messages (transceiver.MessageWriter): a push
-// costs one notification round trip more than a read (about 0.3 ms between
-// two agents over TCP on a 2-core host), and over TCP writes moved 1.3-3x
-// the bytes per second of reads from 16 blocks of 64 KB up
-// (docs/PERFORMANCE.md, "Pull or push over TCP").
+// costs one notification round trip more than a read (about 0.25 ms
+// between two agents over TCP on a 2-core host), and over TCP writes moved
+// 1.4-2.1x the bytes per second of reads from 16 blocks up (medians,
+// docs/PERFORMANCE.md, "Pull or push over TCP").
 const pushMinBytes = 1 << 20
 
 // pushLarge says whether auto mode pushes a KV of n blocks that it would
