@@ -84,7 +84,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 echo
-echo "== write bandwidth, MB/s (each block its own descriptor), beside ucx_perftest (put_bw, am_bw: -t ucp_put_bw, ucp_am_bw) at the block size; UCX_TLS=$UCX_TLS, $ROUNDS round(s): median (range); ratios: median (range) of each round's ratio"
+echo "== write bandwidth (UCX-read: read bandwidth), MB/s (each block its own descriptor), beside ucx_perftest (put_bw, am_bw: -t ucp_put_bw, ucp_am_bw) at the block size; UCX_TLS=$UCX_TLS, $ROUNDS round(s): median (range); ratios: median (range) of each round's ratio"
 awk -v sizes="$sizes" -v cols="$columns" '
   { key = $2 " " $3; v[$1 " " key] = v[$1 " " key] " " $4; x[$1 " " key " " $5] = $4; rounds[$5] = 1 }
   function med(s,   a, n, i, j, t) {
@@ -121,7 +121,7 @@ awk -v sizes="$sizes" -v cols="$columns" '
     }
   }' "$out/results"
 echo
-echo "== BenchmarkLatency (fixed costs: one-block write, notification and push round trips)"
+echo "== BenchmarkLatency (fixed costs: one-block write and read (pull), notification and push round trips)"
 for c in UCX UCX-RMA NIXL; do
   case $c in
     UCX) pkg=ucx; mode= ;;

@@ -4,8 +4,8 @@ package ucx
 
 import "testing"
 
-// BenchmarkLatency is the fixed cost of a one-block write, a notification's
-// round trip and a push on request's round trip between two UCX agents of
+// BenchmarkLatency is the fixed cost of a one-block write and read, a
+// notification's round trip and a push on request's round trip between two UCX agents of
 // one process (transceivertest.Suite.BenchLatency).
 func BenchmarkLatency(b *testing.B) { suite.BenchLatency(b) }
 
