@@ -385,6 +385,8 @@ func (a *Agent) loop(ready chan<- error) {
 // while aborted transfers wait for their release or for a mere
 // notification wait, which can last as long as a context worker serves.
 // Either way NIXL itself is polled every pollGap, as before.
+// On the H100 it took a one-block GPU write from 22 to 14 µs and the
+// 46 MB write from 61 to 53 µs (docs/PERFORMANCE.md).
 func (a *Agent) nap(spin bool) {
 	if !spin || !transceiver.LoopMaySpin() {
 		if _, err := a.wake.Sleep(-1, pollGap); err != nil {
