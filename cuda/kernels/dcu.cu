@@ -1273,6 +1273,7 @@ struct FgArgs {
 	__nv_bfloat16 *kv_layer;
 	size_t block_stride;
 	int nh, nkv, D, tpb;
+	int pf; // units a warp asks of L2 before griddepcontrol.wait (DCU_FG_PF), 0: none
 };
 
 // A unit is what one warp reads and finishes: two weight rows whose results
@@ -1431,6 +1432,25 @@ __global__ void __launch_bounds__(256, 2) fgemv_kernel(FgArgs a, int units) {
 	int r0 = -1, r1 = -1;
 	if (u < units) fg_rows<MODE>(a, u, r0, r1);
 	uint4 c0[FG_B], c1[FG_B];
+	// DCU_FG_PF: before the wait, while the kernel before drains, the warp
+	// also asks L2 for the rest of its first unit and for its next pf-1
+	// units (one bulk prefetch per row range, a lane each), so that the
+	// steps after the wait find their weights on chip.
+	if (a.pf > 0 && u < units) {
+		constexpr int NR = TWO ? 2 : 1;
+		const int k = lane / NR;
+		const int uk = u + k * stride;
+		if (k < a.pf && uk < units) {
+			int q0, q1;
+			fg_rows<MODE>(a, uk, q0, q1);
+			const int row = lane % NR ? q1 : q0;
+			const int c = k == 0 ? k0 + 32 * FG_B : k0;
+			if (c < k1)
+				asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"((const uint4 *)(a.W + (size_t)row * a.in) + c),
+				             "r"((unsigned)(k1 - c) * 16u)
+				             : "memory");
+		}
+	}
 	// step 0 before waiting on the kernel before (weights only)
 #pragma unroll
 	for (int j = 0; j < FG_B; j++) {
@@ -1870,6 +1890,9 @@ struct dcu_model {
 	int fg_b1, fg_b2, fg_occ;
 	int skip;     // DCU_DIAG_SKIP: kernels of the fused path left out, for timing only (results are wrong)
 	int fg_split; // bit 1: QKV, bit 2: Gate/Up, bit 4: O and Down: two warps per unit (DCU_FG_SPLIT)
+	int fg_pf;      // DCU_FG_PF: units a fused-GEMV warp asks of L2 before its wait
+	int fg_pf_mask; // DCU_FG_PF_MASK: which matrices (bits as DCU_BULK)
+	int fg_occ_mask; // DCU_FG_OCC_MASK: which matrices DCU_FG_OCC applies to (bits as DCU_BULK)
 	int fg_bal;    // equal units per warp where a smaller grid allows it (DCU_FG_BAL=1)
 	// the bulk-copy GEMV for the fused path, per matrix (DCU_BULK: 1 all, or
 	// a mask: 2 QKV, 4 O, 8 Gate/Up, 16 Down, 32 LM head; slower so far:
@@ -1888,7 +1911,9 @@ template <int MODE>
 static cudaError_t fused_gemv(const dcu_model *m, int which, int nt, const FgArgs &a, int b, int pdl, cudaStream_t s,
                               int ks = 1) {
 	if (m->bulk & which) return bk_launch<MODE>(nt, a, m->sms, m->bulk_smem, pdl, s);
-	return fg_launch<MODE>(nt, a, m->sms, b, m->fg_occ, pdl, s, ks, m->fg_bal);
+	FgArgs pa = a;
+	pa.pf = pdl && (m->fg_pf_mask & which) ? m->fg_pf : 0;
+	return fg_launch<MODE>(nt, pa, m->sms, b, m->fg_occ_mask & which ? m->fg_occ : 0, pdl, s, ks, m->fg_bal);
 }
 
 // Profiling (dcu_profile_step): an event after every operation of a step,
@@ -2044,6 +2069,9 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 	m->bulk = env_int("DCU_BULK", 0, 0, 63);
 	if (m->bulk == 1) m->bulk = 62;
 	m->fg_bal = env_int("DCU_FG_BAL", 0, 0, 1);
+	m->fg_pf = env_int("DCU_FG_PF", 0, 0, 8);
+	m->fg_pf_mask = env_int("DCU_FG_PF_MASK", 62, 0, 63);
+	m->fg_occ_mask = env_int("DCU_FG_OCC_MASK", 62, 0, 63);
 	m->bulk_smem = env_int("DCU_BULK_SMEM", 88, 16, 200) * 1024;
 	CK(cudaEventCreate(&m->ev0));
 	CK(cudaEventCreate(&m->ev1));
