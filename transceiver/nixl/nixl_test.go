@@ -260,7 +260,8 @@ func TestForgedRegionRejected(t *testing.T) {
 }
 
 // BenchmarkLatency is the fixed cost of a one-block write and read, a
-// notification's round trip and a push on request's round trip between two NIXL agents of one process (UCX plugin).
+// notification's round trip and a push on request's round trip between
+// two NIXL agents of one process (UCX plugin).
 func BenchmarkLatency(b *testing.B) { suite.BenchLatency(b) }
 
 // BenchmarkBandwidth is write bandwidth from a NIXL agent to one in a peer

@@ -5,8 +5,8 @@ package ucx
 import "testing"
 
 // BenchmarkLatency is the fixed cost of a one-block write and read, a
-// notification's round trip and a push on request's round trip between two UCX agents of
-// one process (transceivertest.Suite.BenchLatency).
+// notification's round trip and a push on request's round trip between
+// two UCX agents of one process (transceivertest.Suite.BenchLatency).
 func BenchmarkLatency(b *testing.B) { suite.BenchLatency(b) }
 
 // BenchmarkBandwidth is write bandwidth from a UCX agent to one in a peer
