@@ -907,21 +907,29 @@ __global__ void __launch_bounds__(128) attn_mma_dec_kernel(const float *__restri
 	const int first = k0 + warp * ATT_CHUNK;
 	if (first < k1) stage_chunk(first, -1);
 	pdl_wait();
-	if (first < k1 && ctx - 1 < first + ATT_CHUNK && ctx - 1 >= first) stage_chunk(first, ctx - 1);
-	// Q fragments: row r = query head kvh*G + r of token t (zero for r >= G)
-	uint32_t qa[4][4];
+	// Q fragments: row r = query head kvh*G + r of token t (zero for r >= G).
+	// Q is loaded before the token's own key is staged and packed after, so
+	// that the two trips to memory after the wait overlap.
+	float2 qf[4][4];
 	{
 		const float *qh = q + ((size_t)t * nh + kvh * G) * D;
 		const bool r0 = g < G, r1 = g + 8 < G;
+		const float2 z = make_float2(0.f, 0.f);
 #pragma unroll
 		for (int kk = 0; kk < 4; kk++) {
 			int c = kk * 16 + 2 * tq;
-			qa[kk][0] = r0 ? pack_bf16(qh[g * D + c], qh[g * D + c + 1]) : 0u;
-			qa[kk][1] = r1 ? pack_bf16(qh[(g + 8) * D + c], qh[(g + 8) * D + c + 1]) : 0u;
-			qa[kk][2] = r0 ? pack_bf16(qh[g * D + c + 8], qh[g * D + c + 9]) : 0u;
-			qa[kk][3] = r1 ? pack_bf16(qh[(g + 8) * D + c + 8], qh[(g + 8) * D + c + 9]) : 0u;
+			qf[kk][0] = r0 ? *(const float2 *)(qh + g * D + c) : z;
+			qf[kk][1] = r1 ? *(const float2 *)(qh + (g + 8) * D + c) : z;
+			qf[kk][2] = r0 ? *(const float2 *)(qh + g * D + c + 8) : z;
+			qf[kk][3] = r1 ? *(const float2 *)(qh + (g + 8) * D + c + 8) : z;
 		}
 	}
+	if (first < k1 && ctx - 1 < first + ATT_CHUNK && ctx - 1 >= first) stage_chunk(first, ctx - 1);
+	uint32_t qa[4][4];
+#pragma unroll
+	for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+		for (int j = 0; j < 4; j++) qa[kk][j] = pack_bf16(qf[kk][j].x, qf[kk][j].y);
 	float o[8][4];
 #pragma unroll
 	for (int i = 0; i < 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
@@ -1274,6 +1282,66 @@ struct FgArgs {
 	size_t block_stride;
 	int nh, nkv, D, tpb;
 	int pf; // units a warp asks of L2 before griddepcontrol.wait (DCU_FG_PF), 0: none
+	int pre; // epilogue inputs of a warp's first unit loaded ahead (DCU_FG_PRE, FgPre)
+	// The embedding folded into the first layer's QKV (DCU_FG_EMBED): when
+	// emb is set, input t is row tok[t] of emb (tok < 0: ids[-tok-1], the id
+	// sampled by the step before), and block 0 stores it to x_out as the
+	// residual stream; xf and rows are not used.
+	const int32_t *tok, *ids;
+	const __nv_bfloat16 *emb;
+	float *x_out;
+	// The argmax folded into the LM head (FG_STORE, DCU_FG_AMAX): when amax
+	// is set, each block folds its rows' (logit, id) keys into amax[t]
+	// (fg_key), and the last block to finish (amax_count) writes ids_out[t]
+	// and resets amax and amax_count for the next step.
+	unsigned long long *amax;
+	unsigned *amax_count;
+	int32_t *ids_out;
+};
+
+// A (logit, id) pair as one integer that orders as argmax_kernel does: the
+// larger logit, and of equal logits the smaller id. 0 is below every key.
+__device__ __forceinline__ unsigned long long fg_key(float v, int id) {
+	unsigned u = __float_as_uint(v + 0.f); // -0 as +0
+	u = (u & 0x80000000u) ? ~u : u | 0x80000000u;
+	return ((unsigned long long)u << 32) | (0xffffffffu - (unsigned)id);
+}
+
+// The end of an FG_STORE kernel with FgArgs.amax: lane t < NT of each warp
+// holds its best key for input t.
+template <int NT>
+__device__ __forceinline__ void fg_argmax_tail(const FgArgs &a, unsigned long long best) {
+	__shared__ unsigned long long bb[8][4];
+	__shared__ int last;
+	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	if (lane < NT) bb[warp][lane] = best;
+	__syncthreads();
+	if (threadIdx.x < NT) {
+		unsigned long long k = bb[0][threadIdx.x];
+		for (int w = 1; w < (int)(blockDim.x >> 5); w++) k = max(k, bb[w][threadIdx.x]);
+		atomicMax(a.amax + threadIdx.x, k);
+		__threadfence();
+	}
+	__syncthreads();
+	if (threadIdx.x == 0) last = atomicAdd(a.amax_count, 1u) == gridDim.x - 1;
+	__syncthreads();
+	if (last && threadIdx.x < NT) {
+		__threadfence();
+		const unsigned long long k = atomicExch(a.amax + threadIdx.x, 0ull);
+		a.ids_out[threadIdx.x] = (int32_t)(0xffffffffu - (unsigned)(k & 0xffffffffu));
+		if (threadIdx.x == 0) atomicExch(a.amax_count, 0u);
+	}
+}
+
+// Epilogue inputs of a warp's first unit u, loaded ahead so that the
+// epilogue makes no trip to memory of its own: lane t's residual value
+// (FG_RESID, loaded right after the wait, when the kernels that wrote it
+// are done) or its RoPE angle and KV slot (FG_ROPE, before the wait: step
+// inputs that no kernel writes). u = -1: none.
+struct FgPre {
+	int u;
+	float y, sn, cs;
+	int slot;
 };
 
 // A unit is what one warp reads and finishes: two weight rows whose results
@@ -1319,22 +1387,23 @@ __device__ __forceinline__ void fg_dot(float *acc, uint4 wv, const __nv_bfloat16
 
 // The epilogue of unit u for input t: x1, x2 are the two rows' dot products.
 template <int MODE>
-__device__ __forceinline__ void fg_epilogue(const FgArgs &a, int u, int r0, int r1, int t, float x1, float x2) {
+__device__ __forceinline__ void fg_epilogue(const FgArgs &a, int u, int r0, int r1, int t, float x1, float x2,
+                                            const FgPre &pre) {
 	if (MODE == FG_STORE || MODE == FG_RESID) {
 		float *y = a.Y + (size_t)t * a.out;
-		y[r0] = MODE == FG_RESID ? y[r0] + x1 : x1;
+		y[r0] = MODE == FG_RESID ? (u == pre.u ? pre.y : y[r0]) + x1 : x1;
 		if (r1 >= 0) y[r1] = MODE == FG_RESID ? y[r1] + x2 : x2;
 	} else if (MODE == FG_SILU) {
 		const int I = a.out / 2;
 		a.act[(size_t)t * I + u] = __float2bfloat16(x1 / (1.f + __expf(-x1)) * x2);
 	} else {
 		const int D = a.D, half = D / 2, nrot = (a.nh + a.nkv) * half, nkv = a.nkv;
-		const int s = a.slot[t];
+		const int s = u == pre.u ? pre.slot : a.slot[t];
 		__nv_bfloat16 *kdst = a.kv_layer + (size_t)(s / a.tpb) * a.block_stride + (size_t)(s % a.tpb) * nkv * D;
 		if (u < nrot) {
 			const int h = u / half, j = u % half;
-			float sn, cs;
-			sincosf((float)a.pos[t] * a.inv_freq[j], &sn, &cs);
+			float sn = pre.sn, cs = pre.cs;
+			if (u != pre.u) sincosf((float)a.pos[t] * a.inv_freq[j], &sn, &cs);
 			const float o1 = x1 * cs - x2 * sn, o2 = x2 * cs + x1 * sn;
 			if (h < a.nh) {
 				float *q = a.q_out + ((size_t)t * a.nh + h) * D;
@@ -1357,7 +1426,7 @@ __device__ __forceinline__ void fg_epilogue(const FgArgs &a, int u, int r0, int 
 // summed dot products of its two rows for each input.
 template <int NT, int MODE>
 __device__ __forceinline__ void fg_lane_epilogue(const FgArgs &a, int u, int r0, int r1, int lane, const float *acc0,
-                                                 const float *acc1) {
+                                                 const float *acc1, const FgPre &pre = FgPre{-1, 0.f, 0.f, 1.f, 0}) {
 	float x1 = acc0[0], x2 = acc1[0];
 #pragma unroll
 	for (int k = 1; k < NT; k++)
@@ -1365,13 +1434,61 @@ __device__ __forceinline__ void fg_lane_epilogue(const FgArgs &a, int u, int r0,
 			x1 = acc0[k];
 			x2 = acc1[k];
 		}
-	fg_epilogue<MODE>(a, u, r0, r1, lane, x1, x2);
+	fg_epilogue<MODE>(a, u, r0, r1, lane, x1, x2, pre);
 }
 
 // RMSNorm of NT rows of xf into xs (bf16), by the whole block; the row's
 // loads are all issued before the sum when in is a multiple of 1024 up to 4096.
 template <int NT>
 __device__ __forceinline__ void fg_norm(const FgArgs &a, __nv_bfloat16 *xs) {
+	if (a.emb && a.in % 8 == 0 && a.in <= 8 * 4 * 256 && blockDim.x == 256) {
+		// the embedding rows (FgArgs.emb), 8 bf16 a load, all issued before the sum
+		const int n8 = a.in / 8;
+		for (int t = 0; t < NT; t++) {
+			int tok = a.tok[t];
+			if (tok < 0) tok = a.ids[-tok - 1];
+			const uint4 *er = (const uint4 *)(a.emb + (size_t)tok * a.in);
+			uint4 v[4];
+#pragma unroll
+			for (int j = 0; j < 4; j++)
+				if (threadIdx.x + 256 * j < n8) v[j] = er[threadIdx.x + 256 * j];
+			float ss = 0.f;
+#pragma unroll
+			for (int j = 0; j < 4; j++)
+				if (threadIdx.x + 256 * j < n8) {
+					const __nv_bfloat162 *e2 = (const __nv_bfloat162 *)&v[j];
+					float f[8];
+#pragma unroll
+					for (int i = 0; i < 4; i++) {
+						const float2 e = __bfloat1622float2(e2[i]);
+						f[2 * i] = e.x;
+						f[2 * i + 1] = e.y;
+						ss += e.x * e.x + e.y * e.y;
+					}
+					if (blockIdx.x == 0) {
+						float4 *xo = (float4 *)(a.x_out + (size_t)t * a.in + 8 * (threadIdx.x + 256 * j));
+						xo[0] = make_float4(f[0], f[1], f[2], f[3]);
+						xo[1] = make_float4(f[4], f[5], f[6], f[7]);
+					}
+				}
+			ss = block_sum(ss);
+			const float inv = rsqrtf(ss / (float)a.in + a.eps);
+#pragma unroll
+			for (int j = 0; j < 4; j++)
+				if (threadIdx.x + 256 * j < n8) {
+					const int k = 8 * (threadIdx.x + 256 * j);
+					const __nv_bfloat162 *e2 = (const __nv_bfloat162 *)&v[j];
+					const __nv_bfloat162 *w2 = (const __nv_bfloat162 *)(a.norm + k);
+					__nv_bfloat162 *o2 = (__nv_bfloat162 *)(xs + (size_t)t * a.in + k);
+#pragma unroll
+					for (int i = 0; i < 4; i++) {
+						const float2 e = __bfloat1622float2(e2[i]), w = __bfloat1622float2(w2[i]);
+						o2[i] = __floats2bfloat162_rn(e.x * inv * w.x, e.y * inv * w.y);
+					}
+				}
+		}
+		return;
+	}
 	for (int t = 0; t < NT; t++) {
 		const float *xr = a.xf + (size_t)(a.rows ? a.rows[t] : t) * a.in;
 		__nv_bfloat16 *o = xs + (size_t)t * a.in;
@@ -1460,8 +1577,19 @@ __global__ void __launch_bounds__(256, 2) fgemv_kernel(FgArgs a, int units) {
 			if (TWO) c1[j] = ld_stream((const uint4 *)(a.W + (size_t)r1 * a.in) + i);
 		}
 	}
+	FgPre pre = {-1, 0.f, 0.f, 1.f, 0};
+	if (MODE == FG_ROPE && a.pre && u < units && lane < NT) {
+		const int half = a.D / 2;
+		pre.slot = a.slot[lane];
+		if (u < (a.nh + a.nkv) * half) sincosf((float)a.pos[lane] * a.inv_freq[u % half], &pre.sn, &pre.cs);
+		pre.u = u;
+	}
 	pdl_trigger();
 	pdl_wait();
+	if (MODE == FG_RESID && a.pre && u < units && lane < NT) {
+		pre.y = a.Y[(size_t)lane * a.out + r0];
+		pre.u = u;
+	}
 	if (a.norm) {
 		fg_norm<NT>(a, xs);
 	} else {
@@ -1471,6 +1599,7 @@ __global__ void __launch_bounds__(256, 2) fgemv_kernel(FgArgs a, int units) {
 	}
 	__syncthreads();
 	float acc0[4] = {0.f, 0.f, 0.f, 0.f}, acc1[4] = {0.f, 0.f, 0.f, 0.f};
+	unsigned long long best = 0; // FgArgs.amax: this lane's best key for input t = lane
 	while (u < units) {
 		// the next step: the next chunks of this unit, or the first of the next unit
 		int nu = u, nbb = b + 1, n0 = r0, n1 = r1;
@@ -1526,7 +1655,16 @@ __global__ void __launch_bounds__(256, 2) fgemv_kernel(FgArgs a, int units) {
 				}
 				asm volatile("bar.sync %0, 64;" ::"r"(1 + pw) : "memory");
 			}
-			if (lane < NT && half == 0) fg_lane_epilogue<NT, MODE>(a, u, r0, r1, lane, acc0, acc1);
+			if (lane < NT && half == 0) {
+				fg_lane_epilogue<NT, MODE>(a, u, r0, r1, lane, acc0, acc1, pre);
+				if (MODE == FG_STORE && a.amax) {
+					float v = acc0[0];
+#pragma unroll
+					for (int k = 1; k < NT; k++)
+						if (lane == k) v = acc0[k];
+					best = max(best, fg_key(v, r0));
+				}
+			}
 #pragma unroll
 			for (int t = 0; t < 4; t++) acc0[t] = acc1[t] = 0.f;
 		}
@@ -1540,6 +1678,7 @@ __global__ void __launch_bounds__(256, 2) fgemv_kernel(FgArgs a, int units) {
 			c1[j] = x1[j];
 		}
 	}
+	if (MODE == FG_STORE && a.amax) fg_argmax_tail<NT>(a, best);
 }
 
 // bal: a grid whose warps all get the same number of units where one of
@@ -1891,6 +2030,10 @@ struct dcu_model {
 	int skip;     // DCU_DIAG_SKIP: kernels of the fused path left out, for timing only (results are wrong)
 	int fg_split; // bit 1: QKV, bit 2: Gate/Up, bit 4: O and Down: two warps per unit (DCU_FG_SPLIT)
 	int fg_pf;      // DCU_FG_PF: units a fused-GEMV warp asks of L2 before its wait
+	int fg_pre;     // DCU_FG_PRE: epilogue inputs loaded ahead (FgPre)
+	int fg_embed;   // DCU_FG_EMBED: the embedding folded into the first QKV (FgArgs.emb)
+	int fg_amax;    // DCU_FG_AMAX: the argmax folded into the LM head (FgArgs.amax)
+	unsigned long long *d_amax; // its keys, [4], then its block counter; zero between steps
 	int fg_pf_mask; // DCU_FG_PF_MASK: which matrices (bits as DCU_BULK)
 	int fg_occ_mask; // DCU_FG_OCC_MASK: which matrices DCU_FG_OCC applies to (bits as DCU_BULK)
 	int fg_bal;    // equal units per warp where a smaller grid allows it (DCU_FG_BAL=1)
@@ -1913,6 +2056,7 @@ static cudaError_t fused_gemv(const dcu_model *m, int which, int nt, const FgArg
 	if (m->bulk & which) return bk_launch<MODE>(nt, a, m->sms, m->bulk_smem, pdl, s);
 	FgArgs pa = a;
 	pa.pf = pdl && (m->fg_pf_mask & which) ? m->fg_pf : 0;
+	pa.pre = m->fg_pre;
 	return fg_launch<MODE>(nt, pa, m->sms, b, m->fg_occ_mask & which ? m->fg_occ : 0, pdl, s, ks, m->fg_bal);
 }
 
@@ -2064,12 +2208,15 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 		m->fg_b2 = b2 >= 8 ? 8 : b2 >= 4 ? 4 : 2;
 	}
 	m->fg_split = env_int("DCU_FG_SPLIT", 0, 0, 7);
-	m->skip = env_int("DCU_DIAG_SKIP", 0, 0, 127);
+	m->skip = env_int("DCU_DIAG_SKIP", 0, 0, 511);
 	m->fg_occ = env_int("DCU_FG_OCC", 0, 0, 16);
 	m->bulk = env_int("DCU_BULK", 0, 0, 63);
 	if (m->bulk == 1) m->bulk = 62;
 	m->fg_bal = env_int("DCU_FG_BAL", 0, 0, 1);
 	m->fg_pf = env_int("DCU_FG_PF", 0, 0, 8);
+	m->fg_pre = env_int("DCU_FG_PRE", 0, 0, 1);
+	m->fg_embed = env_int("DCU_FG_EMBED", 0, 0, 1);
+	m->fg_amax = env_int("DCU_FG_AMAX", 0, 0, 1);
 	m->fg_pf_mask = env_int("DCU_FG_PF_MASK", 62, 0, 63);
 	m->fg_occ_mask = env_int("DCU_FG_OCC_MASK", 62, 0, 63);
 	m->bulk_smem = env_int("DCU_BULK_SMEM", 88, 16, 200) * 1024;
@@ -2126,6 +2273,8 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 		}
 	}
 	CK(cudaMalloc((void **)&m->inv_freq, sizeof(float) * c.head_dim / 2));
+	CK(cudaMalloc((void **)&m->d_amax, sizeof(unsigned long long) * 5));
+	CK(cudaMemset(m->d_amax, 0, sizeof(unsigned long long) * 5));
 	CK(cudaMemcpy(m->inv_freq, inv_freq, sizeof(float) * c.head_dim / 2, cudaMemcpyHostToDevice));
 	// dynamic shared memory of the attention kernel may exceed 48 KB for large heads
 	int G = c.heads / c.kv_heads;
@@ -2374,13 +2523,22 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 	float scale = 1.f / sqrtf((float)D);
 	cudaStream_t s = m->stream;
 
+	const bool fused = m->fuse && T <= m->fuse_max && ((uintptr_t)m->wbuf & 15) == 0;
+	// DCU_DIAG_SKIP, to time a kernel by leaving it out: 1 QKV, 2 attention, 4 combine, 8 O, 16 Gate/Up, 32 Down, 64 LM head,
+	// 128 argmax, 256 embedding
+	const int skip = fused ? m->skip : 0;
+	// the embedding folded into the first QKV's prologue (DCU_FG_EMBED)
+	const bool emb_fold = fused && m->fg_embed && H % 8 == 0 && H <= 8 * 4 * 256 && !(m->bulk & 2);
+	// the argmax folded into the LM head (DCU_FG_AMAX)
+	const bool amax_fold = fused && want_argmax && m->fg_amax && R > 0 && R <= m->fuse_max && R <= 4 && !(m->bulk & 32);
 	MARK(-1);
-	embed_kernel<<<T, 256, 0, s>>>(tokens, m->d_argmax, m->embed, m->x, H);
-	CKL();
+	if (!(skip & 256) && !emb_fold) {
+		embed_kernel<<<T, 256, 0, s>>>(tokens, m->d_argmax, m->embed, m->x, H);
+		CKL();
+	}
 	MARK(0);
 	// Steps of a few tokens: the fused GEMVs (the norms, RoPE and append,
 	// SiLU*mul and residual adds in their prologues and epilogues).
-	const bool fused = m->fuse && T <= m->fuse_max && ((uintptr_t)m->wbuf & 15) == 0;
 	FgArgs fa = {};
 	fa.eps = c.eps;
 	fa.pos = pos;
@@ -2393,8 +2551,6 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 	fa.D = D;
 	fa.tpb = c.tokens_per_block;
 	const int pdl = m->pdl && !m->prof_on;
-	// DCU_DIAG_SKIP, to time a kernel by leaving it out: 1 QKV, 2 attention, 4 combine, 8 O, 16 Gate/Up, 32 Down, 64 LM head
-	const int skip = fused ? m->skip : 0;
 	for (int l = 0; l < c.layers; l++) {
 		Layer &L = m->layers[l];
 		__nv_bfloat16 *kv_layer = m->kv + (size_t)l * 2 * plane;
@@ -2406,7 +2562,14 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.out = (int)qkv_dim(c);
 			fa.in = H;
 			fa.kv_layer = kv_layer;
+			if (l == 0 && emb_fold) {
+				fa.emb = m->embed;
+				fa.tok = tokens;
+				fa.ids = m->d_argmax;
+				fa.x_out = m->x;
+			}
 			if (!(skip & 1)) CK(fused_gemv<FG_ROPE>(m, 2, T, fa, m->fg_b2, pdl, s, m->fg_split & 1 ? 2 : 1));
+			fa.emb = nullptr;
 			MARK(2);
 		} else {
 			rmsnorm_kernel<<<T, 256, 0, s>>>(m->x, nullptr, L.attn_norm, m->xn, H, c.eps);
@@ -2515,7 +2678,13 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 		fa.out = V;
 		fa.in = H;
 		fa.Y = m->logits;
+		if (amax_fold) {
+			fa.amax = m->d_amax;
+			fa.amax_count = (unsigned *)(m->d_amax + 4);
+			fa.ids_out = m->d_argmax;
+		}
 		if (!(skip & 64)) CK(fused_gemv<FG_STORE>(m, 32, R, fa, m->fg_b1, pdl, s));
+		fa.amax = nullptr;
 		MARK(10);
 	} else if (R > 0) {
 		rmsnorm_kernel<<<R, 256, 0, s>>>(m->x, rows, m->norm, m->xn, H, c.eps);
@@ -2525,7 +2694,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 		MARK(10);
 	}
 	if (R > 0) {
-		if (want_argmax) {
+		if (want_argmax && !(skip & 128) && !amax_fold) {
 			argmax_kernel<<<R, 1024, 0, s>>>(m->logits, V, m->d_argmax);
 			CKL();
 			MARK(11);
@@ -2716,7 +2885,7 @@ extern "C" int dcu_model_destroy(dcu_model *m, dcu_status *st) {
 	cudaFree(m->logits); cudaFree(m->d_argmax); cudaFree(m->d_ints); cudaFreeHost(m->h_ints[0]); cudaFreeHost(m->h_ints[1]);
 	for (auto e : m->ev_ints) if (e) cudaEventDestroy(e);
 	cudaFree(m->pacc); cudaFree(m->pm); cudaFree(m->pl);
-	cudaFree(m->wbuf); cudaFree(m->inv_freq);
+	cudaFree(m->wbuf); cudaFree(m->inv_freq); cudaFree(m->d_amax);
 	for (auto e : m->prof_ev) cudaEventDestroy(e);
 	if (m->ev0) cudaEventDestroy(m->ev0);
 	if (m->ev1) cudaEventDestroy(m->ev1);
