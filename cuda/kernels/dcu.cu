@@ -907,29 +907,21 @@ __global__ void __launch_bounds__(128) attn_mma_dec_kernel(const float *__restri
 	const int first = k0 + warp * ATT_CHUNK;
 	if (first < k1) stage_chunk(first, -1);
 	pdl_wait();
-	// Q fragments: row r = query head kvh*G + r of token t (zero for r >= G).
-	// Q is loaded before the token's own key is staged and packed after, so
-	// that the two trips to memory after the wait overlap.
-	float2 qf[4][4];
+	if (first < k1 && ctx - 1 < first + ATT_CHUNK && ctx - 1 >= first) stage_chunk(first, ctx - 1);
+	// Q fragments: row r = query head kvh*G + r of token t (zero for r >= G)
+	uint32_t qa[4][4];
 	{
 		const float *qh = q + ((size_t)t * nh + kvh * G) * D;
 		const bool r0 = g < G, r1 = g + 8 < G;
-		const float2 z = make_float2(0.f, 0.f);
 #pragma unroll
 		for (int kk = 0; kk < 4; kk++) {
 			int c = kk * 16 + 2 * tq;
-			qf[kk][0] = r0 ? *(const float2 *)(qh + g * D + c) : z;
-			qf[kk][1] = r1 ? *(const float2 *)(qh + (g + 8) * D + c) : z;
-			qf[kk][2] = r0 ? *(const float2 *)(qh + g * D + c + 8) : z;
-			qf[kk][3] = r1 ? *(const float2 *)(qh + (g + 8) * D + c + 8) : z;
+			qa[kk][0] = r0 ? pack_bf16(qh[g * D + c], qh[g * D + c + 1]) : 0u;
+			qa[kk][1] = r1 ? pack_bf16(qh[(g + 8) * D + c], qh[(g + 8) * D + c + 1]) : 0u;
+			qa[kk][2] = r0 ? pack_bf16(qh[g * D + c + 8], qh[g * D + c + 9]) : 0u;
+			qa[kk][3] = r1 ? pack_bf16(qh[(g + 8) * D + c + 8], qh[(g + 8) * D + c + 9]) : 0u;
 		}
 	}
-	if (first < k1 && ctx - 1 < first + ATT_CHUNK && ctx - 1 >= first) stage_chunk(first, ctx - 1);
-	uint32_t qa[4][4];
-#pragma unroll
-	for (int kk = 0; kk < 4; kk++)
-#pragma unroll
-		for (int j = 0; j < 4; j++) qa[kk][j] = pack_bf16(qf[kk][j].x, qf[kk][j].y);
 	float o[8][4];
 #pragma unroll
 	for (int i = 0; i < 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
@@ -1577,6 +1569,7 @@ __global__ void __launch_bounds__(256, 2) fgemv_kernel(FgArgs a, int units) {
 			if (TWO) c1[j] = ld_stream((const uint4 *)(a.W + (size_t)r1 * a.in) + i);
 		}
 	}
+	pdl_trigger();
 	FgPre pre = {-1, 0.f, 0.f, 1.f, 0};
 	if (MODE == FG_ROPE && a.pre && u < units && lane < NT) {
 		const int half = a.D / 2;
@@ -1584,7 +1577,6 @@ __global__ void __launch_bounds__(256, 2) fgemv_kernel(FgArgs a, int units) {
 		if (u < (a.nh + a.nkv) * half) sincosf((float)a.pos[lane] * a.inv_freq[u % half], &pre.sn, &pre.cs);
 		pre.u = u;
 	}
-	pdl_trigger();
 	pdl_wait();
 	if (MODE == FG_RESID && a.pre && u < units && lane < NT) {
 		pre.y = a.Y[(size_t)lane * a.out + r0];
@@ -2214,9 +2206,9 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 	if (m->bulk == 1) m->bulk = 62;
 	m->fg_bal = env_int("DCU_FG_BAL", 0, 0, 1);
 	m->fg_pf = env_int("DCU_FG_PF", 0, 0, 8);
-	m->fg_pre = env_int("DCU_FG_PRE", 0, 0, 1);
+	m->fg_pre = env_int("DCU_FG_PRE", 1, 0, 1);
 	m->fg_embed = env_int("DCU_FG_EMBED", 0, 0, 1);
-	m->fg_amax = env_int("DCU_FG_AMAX", 0, 0, 1);
+	m->fg_amax = env_int("DCU_FG_AMAX", 1, 0, 1);
 	m->fg_pf_mask = env_int("DCU_FG_PF_MASK", 62, 0, 63);
 	m->fg_occ_mask = env_int("DCU_FG_OCC_MASK", 62, 0, 63);
 	m->bulk_smem = env_int("DCU_BULK_SMEM", 88, 16, 200) * 1024;
