@@ -1292,8 +1292,10 @@ struct FgArgs {
 };
 
 // A (logit, id) pair as one integer that orders as argmax_kernel does: the
-// larger logit, and of equal logits the smaller id. 0 is below every key.
+// larger logit, and of equal logits the smaller id; a NaN never beats a
+// number. 0 is below every key.
 __device__ __forceinline__ unsigned long long fg_key(float v, int id) {
+	if (v != v) v = -INFINITY;
 	unsigned u = __float_as_uint(v + 0.f); // -0 as +0
 	u = (u & 0x80000000u) ? ~u : u | 0x80000000u;
 	return ((unsigned long long)u << 32) | (0xffffffffu - (unsigned)id);
