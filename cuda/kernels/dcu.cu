@@ -1273,15 +1273,7 @@ struct FgArgs {
 	__nv_bfloat16 *kv_layer;
 	size_t block_stride;
 	int nh, nkv, D, tpb;
-	int pf; // units a warp asks of L2 before griddepcontrol.wait (DCU_FG_PF), 0: none
 	int pre; // epilogue inputs of a warp's first unit loaded ahead (DCU_FG_PRE, FgPre)
-	// The embedding folded into the first layer's QKV (DCU_FG_EMBED): when
-	// emb is set, input t is row tok[t] of emb (tok < 0: ids[-tok-1], the id
-	// sampled by the step before), and block 0 stores it to x_out as the
-	// residual stream; xf and rows are not used.
-	const int32_t *tok, *ids;
-	const __nv_bfloat16 *emb;
-	float *x_out;
 	// The argmax folded into the LM head (FG_STORE, DCU_FG_AMAX): when amax
 	// is set, each block folds its rows' (logit, id) keys into amax[t]
 	// (fg_key), and the last block to finish (amax_count) writes ids_out[t]
@@ -1305,6 +1297,7 @@ __device__ __forceinline__ unsigned long long fg_key(float v, int id) {
 // holds its best key for input t.
 template <int NT>
 __device__ __forceinline__ void fg_argmax_tail(const FgArgs &a, unsigned long long best) {
+	static_assert(NT <= 4, "at most 4 inputs (fuse_max)");
 	__shared__ unsigned long long bb[8][4];
 	__shared__ int last;
 	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -1435,54 +1428,6 @@ __device__ __forceinline__ void fg_lane_epilogue(const FgArgs &a, int u, int r0,
 // loads are all issued before the sum when in is a multiple of 1024 up to 4096.
 template <int NT>
 __device__ __forceinline__ void fg_norm(const FgArgs &a, __nv_bfloat16 *xs) {
-	if (a.emb && a.in % 8 == 0 && a.in <= 8 * 4 * 256 && blockDim.x == 256) {
-		// the embedding rows (FgArgs.emb), 8 bf16 a load, all issued before the sum
-		const int n8 = a.in / 8;
-		for (int t = 0; t < NT; t++) {
-			int tok = a.tok[t];
-			if (tok < 0) tok = a.ids[-tok - 1];
-			const uint4 *er = (const uint4 *)(a.emb + (size_t)tok * a.in);
-			uint4 v[4];
-#pragma unroll
-			for (int j = 0; j < 4; j++)
-				if (threadIdx.x + 256 * j < n8) v[j] = er[threadIdx.x + 256 * j];
-			float ss = 0.f;
-#pragma unroll
-			for (int j = 0; j < 4; j++)
-				if (threadIdx.x + 256 * j < n8) {
-					const __nv_bfloat162 *e2 = (const __nv_bfloat162 *)&v[j];
-					float f[8];
-#pragma unroll
-					for (int i = 0; i < 4; i++) {
-						const float2 e = __bfloat1622float2(e2[i]);
-						f[2 * i] = e.x;
-						f[2 * i + 1] = e.y;
-						ss += e.x * e.x + e.y * e.y;
-					}
-					if (blockIdx.x == 0) {
-						float4 *xo = (float4 *)(a.x_out + (size_t)t * a.in + 8 * (threadIdx.x + 256 * j));
-						xo[0] = make_float4(f[0], f[1], f[2], f[3]);
-						xo[1] = make_float4(f[4], f[5], f[6], f[7]);
-					}
-				}
-			ss = block_sum(ss);
-			const float inv = rsqrtf(ss / (float)a.in + a.eps);
-#pragma unroll
-			for (int j = 0; j < 4; j++)
-				if (threadIdx.x + 256 * j < n8) {
-					const int k = 8 * (threadIdx.x + 256 * j);
-					const __nv_bfloat162 *e2 = (const __nv_bfloat162 *)&v[j];
-					const __nv_bfloat162 *w2 = (const __nv_bfloat162 *)(a.norm + k);
-					__nv_bfloat162 *o2 = (__nv_bfloat162 *)(xs + (size_t)t * a.in + k);
-#pragma unroll
-					for (int i = 0; i < 4; i++) {
-						const float2 e = __bfloat1622float2(e2[i]), w = __bfloat1622float2(w2[i]);
-						o2[i] = __floats2bfloat162_rn(e.x * inv * w.x, e.y * inv * w.y);
-					}
-				}
-		}
-		return;
-	}
 	for (int t = 0; t < NT; t++) {
 		const float *xr = a.xf + (size_t)(a.rows ? a.rows[t] : t) * a.in;
 		__nv_bfloat16 *o = xs + (size_t)t * a.in;
@@ -1543,25 +1488,6 @@ __global__ void __launch_bounds__(256, 2) fgemv_kernel(FgArgs a, int units) {
 	int r0 = -1, r1 = -1;
 	if (u < units) fg_rows<MODE>(a, u, r0, r1);
 	uint4 c0[FG_B], c1[FG_B];
-	// DCU_FG_PF: before the wait, while the kernel before drains, the warp
-	// also asks L2 for the rest of its first unit and for its next pf-1
-	// units (one bulk prefetch per row range, a lane each), so that the
-	// steps after the wait find their weights on chip.
-	if (a.pf > 0 && u < units) {
-		constexpr int NR = TWO ? 2 : 1;
-		const int k = lane / NR;
-		const int uk = u + k * stride;
-		if (k < a.pf && uk < units) {
-			int q0, q1;
-			fg_rows<MODE>(a, uk, q0, q1);
-			const int row = lane % NR ? q1 : q0;
-			const int c = k == 0 ? k0 + 32 * FG_B : k0;
-			if (c < k1)
-				asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"((const uint4 *)(a.W + (size_t)row * a.in) + c),
-				             "r"((unsigned)(k1 - c) * 16u)
-				             : "memory");
-		}
-	}
 	// step 0 before waiting on the kernel before (weights only)
 #pragma unroll
 	for (int j = 0; j < FG_B; j++) {
@@ -2023,12 +1949,9 @@ struct dcu_model {
 	int fg_b1, fg_b2, fg_occ;
 	int skip;     // DCU_DIAG_SKIP: kernels of the fused path left out, for timing only (results are wrong)
 	int fg_split; // bit 1: QKV, bit 2: Gate/Up, bit 4: O and Down: two warps per unit (DCU_FG_SPLIT)
-	int fg_pf;      // DCU_FG_PF: units a fused-GEMV warp asks of L2 before its wait
 	int fg_pre;     // DCU_FG_PRE: epilogue inputs loaded ahead (FgPre)
-	int fg_embed;   // DCU_FG_EMBED: the embedding folded into the first QKV (FgArgs.emb)
 	int fg_amax;    // DCU_FG_AMAX: the argmax folded into the LM head (FgArgs.amax)
 	unsigned long long *d_amax; // its keys, [4], then its block counter; zero between steps
-	int fg_pf_mask; // DCU_FG_PF_MASK: which matrices (bits as DCU_BULK)
 	int fg_occ_mask; // DCU_FG_OCC_MASK: which matrices DCU_FG_OCC applies to (bits as DCU_BULK)
 	int fg_bal;    // equal units per warp where a smaller grid allows it (DCU_FG_BAL=1)
 	// the bulk-copy GEMV for the fused path, per matrix (DCU_BULK: 1 all, or
@@ -2049,7 +1972,6 @@ static cudaError_t fused_gemv(const dcu_model *m, int which, int nt, const FgArg
                               int ks = 1) {
 	if (m->bulk & which) return bk_launch<MODE>(nt, a, m->sms, m->bulk_smem, pdl, s);
 	FgArgs pa = a;
-	pa.pf = pdl && (m->fg_pf_mask & which) ? m->fg_pf : 0;
 	pa.pre = m->fg_pre;
 	return fg_launch<MODE>(nt, pa, m->sms, b, m->fg_occ_mask & which ? m->fg_occ : 0, pdl, s, ks, m->fg_bal);
 }
@@ -2207,11 +2129,8 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 	m->bulk = env_int("DCU_BULK", 0, 0, 63);
 	if (m->bulk == 1) m->bulk = 62;
 	m->fg_bal = env_int("DCU_FG_BAL", 0, 0, 1);
-	m->fg_pf = env_int("DCU_FG_PF", 0, 0, 8);
 	m->fg_pre = env_int("DCU_FG_PRE", 1, 0, 1);
-	m->fg_embed = env_int("DCU_FG_EMBED", 0, 0, 1);
 	m->fg_amax = env_int("DCU_FG_AMAX", 1, 0, 1);
-	m->fg_pf_mask = env_int("DCU_FG_PF_MASK", 62, 0, 63);
 	m->fg_occ_mask = env_int("DCU_FG_OCC_MASK", 62, 0, 63);
 	m->bulk_smem = env_int("DCU_BULK_SMEM", 88, 16, 200) * 1024;
 	CK(cudaEventCreate(&m->ev0));
@@ -2521,12 +2440,10 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 	// DCU_DIAG_SKIP, to time a kernel by leaving it out: 1 QKV, 2 attention, 4 combine, 8 O, 16 Gate/Up, 32 Down, 64 LM head,
 	// 128 argmax, 256 embedding
 	const int skip = fused ? m->skip : 0;
-	// the embedding folded into the first QKV's prologue (DCU_FG_EMBED)
-	const bool emb_fold = fused && m->fg_embed && H % 8 == 0 && H <= 8 * 4 * 256 && !(m->bulk & 2);
 	// the argmax folded into the LM head (DCU_FG_AMAX)
-	const bool amax_fold = fused && want_argmax && m->fg_amax && R > 0 && R <= m->fuse_max && R <= 4 && !(m->bulk & 32);
+	const bool amax_fold = fused && want_argmax && m->fg_amax && R > 0 && R <= m->fuse_max && !(m->bulk & 32);
 	MARK(-1);
-	if (!(skip & 256) && !emb_fold) {
+	if (!(skip & 256)) {
 		embed_kernel<<<T, 256, 0, s>>>(tokens, m->d_argmax, m->embed, m->x, H);
 		CKL();
 	}
@@ -2556,14 +2473,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.out = (int)qkv_dim(c);
 			fa.in = H;
 			fa.kv_layer = kv_layer;
-			if (l == 0 && emb_fold) {
-				fa.emb = m->embed;
-				fa.tok = tokens;
-				fa.ids = m->d_argmax;
-				fa.x_out = m->x;
-			}
 			if (!(skip & 1)) CK(fused_gemv<FG_ROPE>(m, 2, T, fa, m->fg_b2, pdl, s, m->fg_split & 1 ? 2 : 1));
-			fa.emb = nullptr;
 			MARK(2);
 		} else {
 			rmsnorm_kernel<<<T, 256, 0, s>>>(m->x, nullptr, L.attn_norm, m->xn, H, c.eps);
