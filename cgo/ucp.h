@@ -240,6 +240,7 @@ typedef struct {
 typedef void (*dxucp_get_version_fn)(unsigned *major, unsigned *minor, unsigned *release);
 typedef dxucs_status_t (*dxucp_config_read_fn)(const char *env_prefix, const char *filename, dxucp_config_t **config_p);
 typedef void (*dxucp_config_release_fn)(dxucp_config_t *config);
+typedef dxucs_status_t (*dxucp_config_modify_fn)(dxucp_config_t *config, const char *name, const char *value);
 typedef dxucs_status_t (*dxucp_init_version_fn)(unsigned api_major, unsigned api_minor, const dxucp_params_t *params,
                                                 const dxucp_config_t *config, dxucp_context_h *context_p);
 typedef void (*dxucp_cleanup_fn)(dxucp_context_h context);

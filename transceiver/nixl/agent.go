@@ -33,6 +33,7 @@ import (
 	"unsafe"
 
 	"disagg/transceiver"
+	"disagg/transceiver/internal/cudamem"
 	"disagg/transceiver/internal/wakeup"
 )
 
@@ -220,6 +221,7 @@ func (a *Agent) setup() error {
 	if threaded != want {
 		a.log.Info("NIXL's progress thread is on: this libnixl_capi cannot create an agent without it", "symbol", "nixl_capi_create_configured_agent")
 	}
+	getZcopy()
 	plugin := C.CString(a.plugin)
 	defer C.free(unsafe.Pointer(plugin))
 	if err := statusErr(C.dxn_create_backend(a.agent, plugin, &a.backend)); err != nil {
@@ -253,6 +255,19 @@ func (a *Agent) setup() error {
 		return fmt.Errorf("nixl: notification map: %w", err)
 	}
 	return nil
+}
+
+// getZcopy turns on UCX's zero-copy GET over cuda_ipc for the UCX that
+// NIXL's UCX plugin creates next, unless the environment says otherwise
+// (see transceiver.EnvCUDAIPCGetZcopy). The plugin reads UCX's
+// configuration only from the environment, so the value goes there; the
+// LIBFABRIC plugin ignores it. Only where a CUDA device is present: a UCX
+// without its CUDA transports warns about every UCX_ variable it does not
+// know.
+func getZcopy() {
+	if transceiver.GetZcopyUnset() && cudamem.Available() == nil {
+		_ = os.Setenv(transceiver.EnvCUDAIPCGetZcopy, "y")
+	}
 }
 
 func (a *Agent) destroyAgent() {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"disagg/transceiver"
+	"disagg/transceiver/internal/cudamem"
 	"disagg/transceiver/transceivertest"
 	"disagg/transceiver/ucx"
 )
@@ -296,5 +297,41 @@ func TestIdleAgentsLeaveTheCPU(t *testing.T) {
 	t.Logf("two idle agents: %.0f%% of one core", 100*share)
 	if share > 0.5 {
 		t.Fatalf("two idle agents use %.0f%% of one core, want under 50%%: a progress thread spins", 100*share)
+	}
+}
+
+// TestGetZcopyDefault checks the default of UCX_CUDA_IPC_ENABLE_GET_ZCOPY
+// that an agent leaves for NIXL's UCX plugin: y where a CUDA device is
+// present (zero-copy reads of GPU memory, which UCX leaves off without
+// NVLink), untouched where none is (a UCX without CUDA would warn about
+// the variable), and an operator's value kept either way.
+func TestGetZcopyDefault(t *testing.T) {
+	requireNIXL(t)
+	const env = transceiver.EnvCUDAIPCGetZcopy
+	unsetWant := "y"
+	if err := cudamem.Available(); err != nil {
+		unsetWant = "" // left unset
+		t.Logf("no CUDA device (%v): the variable must stay unset", err)
+	}
+	for _, tc := range []struct {
+		set       bool
+		val, want string
+	}{{false, "", unsetWant}, {true, "auto", "auto"}, {true, "n", "n"}} {
+		t.Setenv(env, tc.val) // restored when the test ends
+		if !tc.set {
+			if err := os.Unsetenv(env); err != nil {
+				t.Fatal(err)
+			}
+		}
+		a, err := New(transceiver.Config{Name: "getzcopy"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if got := os.Getenv(env); got != tc.want {
+			t.Errorf("%s set=%v %q: after New it is %q, want %q", env, tc.set, tc.val, got, tc.want)
+		}
 	}
 }

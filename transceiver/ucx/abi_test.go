@@ -81,6 +81,7 @@ var abiConsts = [][2]string{
 // abiFunctions pairs our function pointer types with the entry points.
 var abiFunctions = [][2]string{
 	{"dxucp_get_version_fn", "ucp_get_version"}, {"dxucp_config_read_fn", "ucp_config_read"},
+	{"dxucp_config_modify_fn", "ucp_config_modify"},
 	{"dxucp_init_version_fn", "ucp_init_version"}, {"dxucp_context_query_fn", "ucp_context_query"},
 	{"dxucp_worker_create_fn", "ucp_worker_create"}, {"dxucp_worker_query_fn", "ucp_worker_query"},
 	{"dxucp_worker_progress_fn", "ucp_worker_progress"},

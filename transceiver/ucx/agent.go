@@ -53,6 +53,10 @@ const envWakeup = "DISAGG_UCX_WAKEUP"
 // measurements and trusted single-host setups only.
 const envErrMode = "DISAGG_UCX_ERR_MODE"
 
+// getZcopyKey is transceiver.EnvCUDAIPCGetZcopy without UCX's prefix, as
+// ucp_config_modify takes it.
+const getZcopyKey = "CUDA_IPC_ENABLE_GET_ZCOPY"
+
 const (
 	// amNotify is the active-message id of notifications.
 	amNotify = 0x4458
@@ -167,7 +171,8 @@ func (a *Agent) SupportsDevice() bool { return a.memTypes&(1<<C.DXUCS_MEMORY_TYP
 
 // setup creates the context and worker on the loop's thread.
 func (a *Agent) setup() error {
-	if err := statusErr(C.dxu_init(C.DXUCP_FEATURE_RMA|C.DXUCP_FEATURE_AM|C.DXUCP_FEATURE_WAKEUP, &a.uctx)); err != nil {
+	const features = C.DXUCP_FEATURE_RMA | C.DXUCP_FEATURE_AM | C.DXUCP_FEATURE_WAKEUP
+	if err := statusErr(C.dxu_init(features, nil, nil, &a.uctx)); err != nil {
 		return fmt.Errorf("ucx: init context: %w", err)
 	}
 	var types C.uint64_t
@@ -176,6 +181,25 @@ func (a *Agent) setup() error {
 		return fmt.Errorf("ucx: query memory types: %w", err)
 	}
 	a.memTypes = uint64(types)
+	if a.SupportsDevice() && transceiver.GetZcopyUnset() {
+		// Again with zero-copy GET over cuda_ipc on (see
+		// transceiver.EnvCUDAIPCGetZcopy). Only on a UCX that moves CUDA
+		// memory: elsewhere the key names no transport and UCX warns.
+		C.dxu_cleanup(a.uctx)
+		key, val := C.CString(getZcopyKey), C.CString("y")
+		err := statusErr(C.dxu_init(features, key, val, &a.uctx))
+		C.free(unsafe.Pointer(key))
+		C.free(unsafe.Pointer(val))
+		if err == nil {
+			a.log.Debug("UCX zero-copy GET over cuda_ipc turned on", "env", transceiver.EnvCUDAIPCGetZcopy)
+		} else {
+			a.log.Warn("UCX refused zero-copy GET over cuda_ipc; reads of GPU memory will be slow (set "+
+				transceiver.EnvCUDAIPCGetZcopy+"=auto to leave it to UCX and silence this)", "err", err)
+			if err := statusErr(C.dxu_init(features, nil, nil, &a.uctx)); err != nil {
+				return fmt.Errorf("ucx: init context: %w", err)
+			}
+		}
+	}
 	if err := statusErr(C.dxu_worker_create(a.uctx, &a.worker)); err != nil {
 		C.dxu_cleanup(a.uctx)
 		return fmt.Errorf("ucx: create worker: %w", err)

@@ -152,7 +152,7 @@ func Probe(path string) (Capabilities, error) {
 	C.dxu_version(&maj, &min, &rel)
 	caps := Capabilities{Library: path, Version: fmt.Sprintf("%d.%d.%d", maj, min, rel)}
 	var ctx C.dxucp_context_h
-	if err := statusErr(C.dxu_init(C.DXUCP_FEATURE_RMA|C.DXUCP_FEATURE_AM, &ctx)); err != nil {
+	if err := statusErr(C.dxu_init(C.DXUCP_FEATURE_RMA|C.DXUCP_FEATURE_AM, nil, nil, &ctx)); err != nil {
 		return caps, fmt.Errorf("ucx: init: %w", err)
 	}
 	defer C.dxu_cleanup(ctx)

@@ -10,6 +10,7 @@ static struct {
     dxucp_get_version_fn get_version;
     dxucp_config_read_fn config_read;
     dxucp_config_release_fn config_release;
+    dxucp_config_modify_fn config_modify;
     dxucp_init_version_fn init_version;
     dxucp_cleanup_fn cleanup;
     dxucp_context_query_fn context_query;
@@ -64,6 +65,7 @@ int dxu_load(const char *path, char *err, size_t errlen) {
     REQUIRE(get_version, "ucp_get_version");
     REQUIRE(config_read, "ucp_config_read");
     REQUIRE(config_release, "ucp_config_release");
+    REQUIRE(config_modify, "ucp_config_modify");
     REQUIRE(init_version, "ucp_init_version");
     REQUIRE(cleanup, "ucp_cleanup");
     REQUIRE(context_query, "ucp_context_query");
@@ -106,10 +108,14 @@ void dxu_version(unsigned *major, unsigned *minor, unsigned *release) { u.get_ve
 
 const char *dxu_status_string(dxucs_status_t st) { return u.status_string(st); }
 
-dxucs_status_t dxu_init(uint64_t features, dxucp_context_h *ctx) {
+dxucs_status_t dxu_init(uint64_t features, const char *key, const char *value, dxucp_context_h *ctx) {
     dxucp_config_t *cfg = NULL;
     dxucs_status_t st = u.config_read(NULL, NULL, &cfg);
     if (st != DXUCS_OK) {
+        return st;
+    }
+    if (key != NULL && (st = u.config_modify(cfg, key, value)) != DXUCS_OK) {
+        u.config_release(cfg);
         return st;
     }
     dxucp_params_t p;

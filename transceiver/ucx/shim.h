@@ -14,7 +14,10 @@ int dxu_loaded(void);
 void dxu_version(unsigned *major, unsigned *minor, unsigned *release);
 const char *dxu_status_string(dxucs_status_t st);
 
-dxucs_status_t dxu_init(uint64_t features, dxucp_context_h *ctx);
+/* key, if not NULL, is set to value in the context's configuration
+ * (ucp_config_modify: UCP keys, or transport keys such as
+ * CUDA_IPC_ENABLE_GET_ZCOPY, without the UCX_ prefix). */
+dxucs_status_t dxu_init(uint64_t features, const char *key, const char *value, dxucp_context_h *ctx);
 void dxu_cleanup(dxucp_context_h ctx);
 dxucs_status_t dxu_memory_types(dxucp_context_h ctx, uint64_t *types);
 
