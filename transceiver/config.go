@@ -52,18 +52,50 @@ const (
 	// EnvCUDAIPCGetZcopy is UCX's own switch for zero-copy GET over
 	// cuda_ipc. At UCX's default (auto) it is off wherever the GPU has no
 	// NVLink, two processes on one GPU included, and reads of GPU memory
-	// then take a fallback path at well under 1 GB/s. Unset, the UCX
-	// backend turns it on in its own context where its UCX moves CUDA
-	// memory, and the NIXL backend sets it to y in the process environment
-	// before creating its UCX plugin; any value set is left to UCX.
+	// then take a fallback path at well under 1 GB/s. Unset (and cuda_ipc
+	// allowed by UCX_TLS), the UCX backend turns it on in its own context
+	// where its UCX moves CUDA memory, and the NIXL backend sets it to y in
+	// the process environment before creating its UCX plugin where a CUDA
+	// device is present; any value set is left to UCX.
 	EnvCUDAIPCGetZcopy = "UCX_CUDA_IPC_ENABLE_GET_ZCOPY"
 )
 
-// GetZcopyUnset says whether EnvCUDAIPCGetZcopy is absent from the
-// environment (set to anything, even empty, it is the operator's choice).
-func GetZcopyUnset() bool {
-	_, set := os.LookupEnv(EnvCUDAIPCGetZcopy)
-	return !set
+// SetGetZcopy says whether a backend should turn cuda_ipc's zero-copy GET
+// on (see EnvCUDAIPCGetZcopy): the variable is absent from the environment
+// (set to anything, even empty, it is the operator's choice), and UCX_TLS,
+// if set, lets UCX open cuda_ipc. For a transport UCX does not open, the
+// setting would only earn a warning at every start ("invalid
+// configuration", or "unused env variable").
+func SetGetZcopy() bool {
+	if _, set := os.LookupEnv(EnvCUDAIPCGetZcopy); set {
+		return false
+	}
+	return tlsOpensCUDAIPC(os.Getenv("UCX_TLS"))
+}
+
+// tlsOpensCUDAIPC reads a UCX_TLS value: empty or "all" (every transport),
+// a list naming cuda_ipc or the "cuda" alias, or an exclusion list ("^...")
+// that names neither. A leading backslash (UCX's "no alias" mark) is
+// ignored.
+func tlsOpensCUDAIPC(tls string) bool {
+	tls = strings.TrimSpace(tls)
+	exclude := strings.HasPrefix(tls, "^")
+	tls = strings.TrimPrefix(tls, "^")
+	if tls == "" {
+		return true
+	}
+	named := false
+	for _, t := range strings.Split(tls, ",") {
+		switch strings.TrimPrefix(strings.ToLower(strings.TrimSpace(t)), `\`) {
+		case "all":
+			if !exclude {
+				return true
+			}
+		case "cuda_ipc", "cuda":
+			named = true
+		}
+	}
+	return named != exclude
 }
 
 // Values of DISAGG_KV_STAGING.
@@ -107,7 +139,7 @@ func EnvVars() map[string]string {
 		"DISAGG_UCX_WAKEUP":   "0: the UCX progress loop naps on a timer instead of sleeping on the worker's event fd",
 		"DISAGG_UCX_AM_WRITE": "how writes between host regions travel: unset (auto): as active messages where the endpoint has no RMA lane (TCP), else RMA puts; 0: always RMA puts; 1: always active messages (GPU regions always use RMA)",
 		"DISAGG_UCX_ERR_MODE": "none: UCX endpoints without peer error handling (faster transports such as cma and cuda_ipc; a dead peer may hang or abort the process)",
-		EnvCUDAIPCGetZcopy:    "unset: y (zero-copy reads of GPU memory over cuda_ipc, which UCX leaves off without NVLink), for the UCX backend's context and NIXL's UCX plugin; set: left to UCX (auto is UCX's own default)",
+		EnvCUDAIPCGetZcopy:    "unset: y (zero-copy reads of GPU memory over cuda_ipc, which UCX leaves off without NVLink), for the UCX backend's context and NIXL's UCX plugin, where GPU memory can move and UCX_TLS allows cuda_ipc; set: left to UCX (auto is UCX's own default)",
 		"UCX_*":               "passed to UCX unchanged (UCX_TLS, UCX_NET_DEVICES, ...), except for the default above",
 		EnvStaging:            "auto (default): stage through pinned host buffers only device memory the backend cannot register; force: stage every pool",
 		EnvTransferMode:       "auto (default): the context worker pushes when either pool is on a GPU or staged, or when a KV of 1 MB or more would travel between host pools over UCX active-message writes (TCP); otherwise the generation worker pulls; push; pull",

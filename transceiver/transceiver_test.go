@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"os"
 	"testing"
 	"time"
 	"unsafe"
@@ -410,5 +411,42 @@ func TestTransferContext(t *testing.T) {
 	defer cancel()
 	if d2, _ := ctx.Deadline(); d2.Before(time.Now().Add(59 * time.Minute)) {
 		t.Fatalf("a caller's deadline was replaced by %v", time.Until(d2))
+	}
+}
+
+// TestSetGetZcopy checks when a backend turns cuda_ipc's zero-copy GET
+// on: only with UCX_CUDA_IPC_ENABLE_GET_ZCOPY absent and a UCX_TLS that
+// lets UCX open cuda_ipc (UCX's aliases: "cuda" holds cuda_ipc, "sm" does
+// not; "^" excludes).
+func TestSetGetZcopy(t *testing.T) {
+	for _, tc := range []struct {
+		tls  string // "-": unset
+		want bool
+	}{
+		{"-", true}, {"", true}, {"all", true}, {"cuda_ipc,cuda_copy,tcp", true}, {"rc,CUDA", true},
+		{`\cuda_ipc,tcp`, true}, {"^sm", true}, {"^", true},
+		{"rc,cuda_copy,gdr_copy", false}, {"tcp", false}, {"sm,tcp", false}, {"^cuda_ipc", false}, {"^tcp,cuda", false},
+	} {
+		if tc.tls == "-" {
+			t.Setenv("UCX_TLS", "")
+			if err := os.Unsetenv("UCX_TLS"); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			t.Setenv("UCX_TLS", tc.tls)
+		}
+		t.Setenv(EnvCUDAIPCGetZcopy, "")
+		if err := os.Unsetenv(EnvCUDAIPCGetZcopy); err != nil {
+			t.Fatal(err)
+		}
+		if got := SetGetZcopy(); got != tc.want {
+			t.Errorf("UCX_TLS=%q, %s unset: SetGetZcopy() = %v, want %v", tc.tls, EnvCUDAIPCGetZcopy, got, tc.want)
+		}
+		for _, v := range []string{"", "auto", "y"} {
+			t.Setenv(EnvCUDAIPCGetZcopy, v)
+			if SetGetZcopy() {
+				t.Errorf("UCX_TLS=%q, %s=%q (the operator's choice): SetGetZcopy() = true, want false", tc.tls, EnvCUDAIPCGetZcopy, v)
+			}
+		}
 	}
 }

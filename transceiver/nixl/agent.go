@@ -265,7 +265,7 @@ func (a *Agent) setup() error {
 // without its CUDA transports warns about every UCX_ variable it does not
 // know.
 func getZcopy() {
-	if transceiver.GetZcopyUnset() && cudamem.Available() == nil {
+	if transceiver.SetGetZcopy() && cudamem.Available() == nil {
 		_ = os.Setenv(transceiver.EnvCUDAIPCGetZcopy, "y")
 	}
 }

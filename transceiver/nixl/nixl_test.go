@@ -308,6 +308,10 @@ func TestIdleAgentsLeaveTheCPU(t *testing.T) {
 func TestGetZcopyDefault(t *testing.T) {
 	requireNIXL(t)
 	const env = transceiver.EnvCUDAIPCGetZcopy
+	t.Setenv("UCX_TLS", "") // every transport, cuda_ipc included (TestSetGetZcopy covers the others)
+	if err := os.Unsetenv("UCX_TLS"); err != nil {
+		t.Fatal(err)
+	}
 	unsetWant := "y"
 	if err := cudamem.Available(); err != nil {
 		unsetWant = "" // left unset

@@ -181,7 +181,7 @@ func (a *Agent) setup() error {
 		return fmt.Errorf("ucx: query memory types: %w", err)
 	}
 	a.memTypes = uint64(types)
-	if a.SupportsDevice() && transceiver.GetZcopyUnset() {
+	if a.SupportsDevice() && transceiver.SetGetZcopy() {
 		// Again with zero-copy GET over cuda_ipc on (see
 		// transceiver.EnvCUDAIPCGetZcopy). Only on a UCX that moves CUDA
 		// memory: elsewhere the key names no transport and UCX warns.

@@ -27,7 +27,7 @@ var EnvVars = []EnvVar{
 	{"DISAGG_UCX_ERR_MODE", "none: UCX endpoints without peer error handling (faster cma/cuda_ipc transports; a dead peer may hang a transfer)"},
 	{"DISAGG_KV_STAGING", "auto (default): stage through pinned host buffers of max_tokens_in_buffer tokens only device memory the backend cannot register; force: stage every pool"},
 	{"DISAGG_KV_TRANSFER_MODE", "auto (default): the context worker pushes when either pool is on a GPU or staged, or when a KV of 1 MB or more would travel between host pools over UCX active-message writes (TCP); otherwise the generation worker pulls; push; pull"},
-	{"UCX_CUDA_IPC_ENABLE_GET_ZCOPY", "unset: y for the UCX backend and NIXL's UCX plugin where GPU memory can move (zero-copy reads of GPU memory over cuda_ipc, which UCX leaves off without NVLink); set: left to UCX"},
+	{"UCX_CUDA_IPC_ENABLE_GET_ZCOPY", "unset: y for the UCX backend and NIXL's UCX plugin where GPU memory can move and UCX_TLS allows cuda_ipc (zero-copy reads of GPU memory over cuda_ipc, which UCX leaves off without NVLink); set: left to UCX"},
 	{"UCX_*", "passed to UCX unchanged (UCX_TLS, UCX_NET_DEVICES, ...), except the default above"},
 }
 
