@@ -91,27 +91,37 @@ fi
 if has transfer; then
   # bin/ucx.test (go test -c -o bin/ucx.test ./transceiver/ucx) and, in
   # UCX_LIB_DIR, a CUDA-enabled UCX (the nixl-cu13 wheel's libucp* + ucx/);
-  # UCX_PERFTEST (optional): a CUDA-enabled ucx_perftest as the reference
+  # bin/nixl.test (optional; likewise ./transceiver/nixl) with NIXL_LIB_DIR
+  # (the wheel's folder of libnixl_capi.so); UCX_PERFTEST (optional): a
+  # CUDA-enabled ucx_perftest as the reference
   echo "== KV transfer between two processes on this GPU (46 MB TinyLlama request)"
   if [ -n "${UCX_LIB_DIR:-}" ]; then
     export DISAGG_UCX_LIB=$(ls "$UCX_LIB_DIR"/libucp*.so* | head -1) UCX_MODULE_DIR=$UCX_LIB_DIR/ucx
     export LD_LIBRARY_PATH="$UCX_LIB_DIR:$LD_LIBRARY_PATH"
   fi
   (cd "$ROOT/transceiver/ucx" && timeout 200 "$ROOT/bin/ucx.test" -test.v -test.count=1 -test.run 'TestTwoProcess/DeviceTransfers' 2>&1) | tee "$OUT/transfer.log" | grep -vE '^=== (RUN|PAUSE|CONT)'
+  if [ -x "$ROOT/bin/nixl.test" ]; then
+    echo "== the same through NIXL (UCX plugin)"
+    (cd "$ROOT/transceiver/nixl" && timeout 200 "$ROOT/bin/nixl.test" -test.v -test.count=1 -test.run 'TestTwoProcess/DeviceTransfers' 2>&1) | tee "$OUT/transfer-nixl.log" | grep -vE '^=== (RUN|PAUSE|CONT)'
+  fi
   if [ -n "${UCX_PERFTEST:-}" ]; then
     # the reference: a CUDA-enabled ucx_perftest (the libucx-cu13 wheel's
     # libucx/bin/ucx_perftest; its ../lib is put on the library path), two
     # processes on this GPU: puts of the request with many and with one in
-    # flight, and of one block with one in flight (UCX's own fixed cost)
-    echo "== ucx_perftest -t ucp_put_bw -m cuda -e: 46 MB (default window, then -O 1), 352 KB (-O 1); columns as perftest prints them"
+    # flight, and of one block with one in flight (UCX's own fixed cost);
+    # then gets of the request, with cuda_ipc's zero-copy GET on as the
+    # transceiver turns it on (UCX's own default leaves it off without
+    # NVLink); perftest loads its own UCX's modules, not UCX_LIB_DIR's
+    echo "== ucx_perftest -m cuda -e: puts of 46 MB (default window, then -O 1) and 352 KB (-O 1), gets of 46 MB (-O 1, then default window); columns as perftest prints them"
     ptlib=$(cd "$(dirname "$UCX_PERFTEST")/../lib" 2>/dev/null && pwd)
     port=$((30000 + RANDOM % 20000))
-    for a in "-s 46137344 -n 200" "-s 46137344 -n 200 -O 1" "-s 360448 -n 2000 -O 1"; do
+    for a in "-t ucp_put_bw -s 46137344 -n 200" "-t ucp_put_bw -s 46137344 -n 200 -O 1" "-t ucp_put_bw -s 360448 -n 2000 -O 1" \
+             "-t ucp_get -s 46137344 -n 200 -O 1" "-t ucp_get -s 46137344 -n 200"; do
       port=$((port + 1))
-      LD_LIBRARY_PATH=$ptlib "$UCX_PERFTEST" -p $port -e > "$OUT/perftest-srv.log" 2>&1 & srv=$!
+      env -u UCX_MODULE_DIR UCX_CUDA_IPC_ENABLE_GET_ZCOPY=y LD_LIBRARY_PATH=$ptlib "$UCX_PERFTEST" -p $port -e > "$OUT/perftest-srv.log" 2>&1 & srv=$!
       sleep 0.7
-      printf '%-28s ' "$a"
-      LD_LIBRARY_PATH=$ptlib timeout 60 "$UCX_PERFTEST" 127.0.0.1 -p $port -t ucp_put_bw -m cuda -e $a 2>&1 | grep -E '^Final|rror' | tail -1
+      printf '%-40s ' "$a"
+      env -u UCX_MODULE_DIR UCX_CUDA_IPC_ENABLE_GET_ZCOPY=y LD_LIBRARY_PATH=$ptlib timeout 60 "$UCX_PERFTEST" 127.0.0.1 -p $port -m cuda -e $a 2>&1 | grep -E '^Final|rror' | tail -1
       wait $srv
     done | tee "$OUT/perftest.log"
   fi
