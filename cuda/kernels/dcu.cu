@@ -1410,10 +1410,11 @@ __device__ __forceinline__ void fg_epilogue(const FgArgs &a, int u, int r0, int 
 }
 
 // The epilogue of unit u for input t = lane (lane < NT), from a warp's
-// summed dot products of its two rows for each input.
+// summed dot products of its two rows for each input; returns the first
+// row's (the logit the folded argmax keeps).
 template <int NT, int MODE>
-__device__ __forceinline__ void fg_lane_epilogue(const FgArgs &a, int u, int r0, int r1, int lane, const float *acc0,
-                                                 const float *acc1, const FgPre &pre = FgPre{-1, 0.f, 0.f, 1.f, 0}) {
+__device__ __forceinline__ float fg_lane_epilogue(const FgArgs &a, int u, int r0, int r1, int lane, const float *acc0,
+                                                  const float *acc1, const FgPre &pre = FgPre{-1, 0.f, 0.f, 1.f, 0}) {
 	float x1 = acc0[0], x2 = acc1[0];
 #pragma unroll
 	for (int k = 1; k < NT; k++)
@@ -1422,6 +1423,7 @@ __device__ __forceinline__ void fg_lane_epilogue(const FgArgs &a, int u, int r0,
 			x2 = acc1[k];
 		}
 	fg_epilogue<MODE>(a, u, r0, r1, lane, x1, x2, pre);
+	return x1;
 }
 
 // RMSNorm of NT rows of xf into xs (bf16), by the whole block; the row's
@@ -1576,14 +1578,8 @@ __global__ void __launch_bounds__(256, 2) fgemv_kernel(FgArgs a, int units) {
 				asm volatile("bar.sync %0, 64;" ::"r"(1 + pw) : "memory");
 			}
 			if (lane < NT && half == 0) {
-				fg_lane_epilogue<NT, MODE>(a, u, r0, r1, lane, acc0, acc1, pre);
-				if (MODE == FG_STORE && a.amax) {
-					float v = acc0[0];
-#pragma unroll
-					for (int k = 1; k < NT; k++)
-						if (lane == k) v = acc0[k];
-					best = max(best, fg_key(v, r0));
-				}
+				const float v = fg_lane_epilogue<NT, MODE>(a, u, r0, r1, lane, acc0, acc1, pre);
+				if (MODE == FG_STORE && a.amax) best = max(best, fg_key(v, r0));
 			}
 #pragma unroll
 			for (int t = 0; t < 4; t++) acc0[t] = acc1[t] = 0.f;
