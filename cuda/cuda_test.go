@@ -482,9 +482,11 @@ func TestBench(t *testing.T) {
 	dir, _, _ := loadShape(t)
 	const ctxLen = 1024
 	// DCU_BENCH_BATCHES=1 (say) times only those batches and no prefill: a
-	// quick look at one knob
+	// quick look at one knob; DCU_BENCH_PREFILL=1 only the prefills
 	batches, quick := []int{1, 8, 32, 256}, os.Getenv("DCU_BENCH_BATCHES") != ""
-	if quick {
+	if os.Getenv("DCU_BENCH_PREFILL") != "" {
+		batches, quick = nil, false
+	} else if quick {
 		batches = nil
 		for _, f := range strings.Split(os.Getenv("DCU_BENCH_BATCHES"), ",") {
 			b, err := strconv.Atoi(f)
@@ -494,7 +496,10 @@ func TestBench(t *testing.T) {
 			batches = append(batches, b)
 		}
 	}
-	nseq := slices.Max(batches)
+	nseq := 0
+	if len(batches) > 0 {
+		nseq = slices.Max(batches)
+	}
 	blocksPerSeq := (ctxLen + 1 + tpb - 1) / tpb
 	r := newRig(t, dir, 256*blocksPerSeq+2*(2048/tpb)+8)
 	ctx := context.Background()

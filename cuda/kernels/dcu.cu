@@ -834,6 +834,246 @@ __global__ void __launch_bounds__(256) attn_mma_kernel(const float *__restrict__
 }
 
 
+// Prefill attention, second form (the default; DCU_PF_OLD=1 keeps the one
+// above): a block serves the same tile of 16 query tokens x the G heads of
+// one kv head, each warp HW of those heads (DCU_PF_HW, 1 or 2: with 2, every
+// K and V fragment read from shared memory serves both heads). 64-key
+// chunks of K and V are copied into a two-stage shared-memory ring by
+// cp.async (the next chunk in flight while this one is used), both kept as
+// [key][dim] and read into MMA fragments with ldmatrix (.trans for V);
+// softmax in base 2; no mask on chunks wholly below the tile. Splits are
+// DCU_PF_P keys long (default 4096, so that prompts up to that length need
+// no combine); rows whose keys all lie in split 0 (pos < P) are written
+// normalized to out directly, the others as partial sums for the combine,
+// which leaves the former alone (its direct flag). Tiles are taken longest
+// first.
+#define FA_KC 64 // keys per chunk
+#define FA_S 72  // row stride of a staged chunk (bf16): 64 + 8, conflict-free ldmatrix
+
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool ok) {
+	const unsigned d = (unsigned)__cvta_generic_to_shared(smem);
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(gmem), "r"(ok ? 16 : 0));
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t *r, const void *smem) {
+	const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+	             : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+	             : "r"(a));
+}
+
+__device__ __forceinline__ void ldsm_x4_t(uint32_t *r, const void *smem) {
+	const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+	             : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+	             : "r"(a));
+}
+
+template <int HW, int MINB>
+__global__ void __launch_bounds__(256 / HW, MINB) attn_fa_kernel(const float *__restrict__ q, const int32_t *__restrict__ pos,
+                                                         const int32_t *__restrict__ btoff,
+                                                         const int32_t *__restrict__ tables,
+                                                         const int32_t *__restrict__ tile_first,
+                                                         const int32_t *__restrict__ tile_len,
+                                                         const __nv_bfloat16 *__restrict__ kv_layer,
+                                                         size_t block_stride, int nh, int nkv, int tpb, int P,
+                                                         int nsplit, float scale, float *__restrict__ pacc,
+                                                         float *__restrict__ pm, float *__restrict__ pl,
+                                                         __nv_bfloat16 *__restrict__ out) {
+	constexpr int D = 64;
+	__shared__ __align__(16) __nv_bfloat16 ks[2][FA_KC * FA_S];
+	__shared__ __align__(16) __nv_bfloat16 vs[2][FA_KC * FA_S];
+	const int tile = gridDim.x - 1 - blockIdx.x, kvh = blockIdx.y, s = blockIdx.z;
+	const int G = nh / nkv;
+	const int t0 = tile_first[tile], tl = tile_len[tile];
+	const int p0 = pos[t0];
+	const int ctx = p0 + tl;
+	const int k0 = s * P;
+	if (k0 >= ctx) return;
+	const int k1 = min(k0 + P, ctx);
+	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	const int g = lane >> 2, tq = lane & 3;
+	const int h0 = kvh * G + warp * HW; // the warp's first head
+	const int32_t *bt = tables + btoff[t0];
+	const size_t plane = (size_t)tpb * nkv * D;
+	// stage the chunk of keys [c0, c0+FA_KC) (zeros past k1)
+	auto stage = [&](int buf, int c0) {
+		const int d8 = (threadIdx.x & 7) * 8;
+		for (int j = threadIdx.x >> 3; j < FA_KC; j += blockDim.x >> 3) {
+			const int key = c0 + j;
+			const bool ok = key < k1;
+			const __nv_bfloat16 *src = kv_layer;
+			if (ok) src = kv_layer + (size_t)bt[key / tpb] * block_stride + (size_t)((key % tpb) * nkv + kvh) * D + d8;
+			cp_async16(ks[buf] + j * FA_S + d8, src, ok);
+			cp_async16(vs[buf] + j * FA_S + d8, ok ? src + plane : src, ok);
+		}
+		asm volatile("cp.async.commit_group;\n" ::);
+	};
+	stage(0, k0);
+	// Q fragments (bf16): rows g and g+8 are tokens t0+g and t0+g+8 (zero past the tile)
+	uint32_t qa[HW][4][4];
+#pragma unroll
+	for (int hw = 0; hw < HW; hw++) {
+		const float *qg = q + ((size_t)(t0 + g) * nh + h0 + hw) * D;
+		const float *qg8 = q + ((size_t)(t0 + g + 8) * nh + h0 + hw) * D;
+		const bool r0 = g < tl, r1 = g + 8 < tl;
+#pragma unroll
+		for (int kk = 0; kk < 4; kk++) {
+			const int c = kk * 16 + 2 * tq;
+			float2 a = r0 ? *(const float2 *)(qg + c) : make_float2(0.f, 0.f);
+			float2 b = r1 ? *(const float2 *)(qg8 + c) : make_float2(0.f, 0.f);
+			float2 a8 = r0 ? *(const float2 *)(qg + c + 8) : make_float2(0.f, 0.f);
+			float2 b8 = r1 ? *(const float2 *)(qg8 + c + 8) : make_float2(0.f, 0.f);
+			qa[hw][kk][0] = pack_bf16(a.x, a.y);
+			qa[hw][kk][1] = pack_bf16(b.x, b.y);
+			qa[hw][kk][2] = pack_bf16(a8.x, a8.y);
+			qa[hw][kk][3] = pack_bf16(b8.x, b8.y);
+		}
+	}
+	const float sl2 = scale * 1.4426950408889634f; // scores in base 2
+	const int pr0 = p0 + g, pr1 = p0 + g + 8;      // positions of the two rows
+	float o[HW][8][4];
+#pragma unroll
+	for (int hw = 0; hw < HW; hw++)
+#pragma unroll
+		for (int i = 0; i < 8; i++) o[hw][i][0] = o[hw][i][1] = o[hw][i][2] = o[hw][i][3] = 0.f;
+	float m[HW][2], l[HW][2];
+#pragma unroll
+	for (int hw = 0; hw < HW; hw++) m[hw][0] = m[hw][1] = -INFINITY, l[hw][0] = l[hw][1] = 0.f;
+	// ldmatrix lane addresses: matrix mi = lane/8, its row lane%8
+	const int mi = lane >> 3, mr = lane & 7;
+	int buf = 0;
+	for (int c0 = k0; c0 < k1; c0 += FA_KC, buf ^= 1) {
+		if (c0 + FA_KC < k1) {
+			stage(buf ^ 1, c0 + FA_KC);
+			asm volatile("cp.async.wait_group 1;\n" ::);
+		} else {
+			asm volatile("cp.async.wait_group 0;\n" ::);
+		}
+		__syncthreads();
+		const __nv_bfloat16 *K = ks[buf], *Vv = vs[buf];
+		// S = Q K^T: 8 n-tiles of 8 keys; one ldmatrix.x4 gives two k-steps of one n-tile, used by each head
+		float sc[HW][8][4];
+#pragma unroll
+		for (int nt = 0; nt < 8; nt++) {
+#pragma unroll
+			for (int hw = 0; hw < HW; hw++) sc[hw][nt][0] = sc[hw][nt][1] = sc[hw][nt][2] = sc[hw][nt][3] = 0.f;
+#pragma unroll
+			for (int kp = 0; kp < 2; kp++) {
+				uint32_t b[4];
+				ldsm_x4(b, K + (nt * 8 + mr) * FA_S + (2 * kp + (mi >> 1)) * 16 + (mi & 1) * 8);
+#pragma unroll
+				for (int hw = 0; hw < HW; hw++) {
+					mma16816(sc[hw][nt], qa[hw][2 * kp], b[0], b[1]);
+					mma16816(sc[hw][nt], qa[hw][2 * kp + 1], b[2], b[3]);
+				}
+			}
+		}
+		// causal mask and the end of the split, only where the chunk reaches them
+		if (c0 + FA_KC > p0 || c0 + FA_KC > k1) {
+#pragma unroll
+			for (int nt = 0; nt < 8; nt++) {
+#pragma unroll
+				for (int u = 0; u < 2; u++) {
+					const int key = c0 + nt * 8 + 2 * tq + u;
+					const bool x0 = key >= k1 || key > pr0, x1 = key >= k1 || key > pr1;
+#pragma unroll
+					for (int hw = 0; hw < HW; hw++) {
+						if (x0) sc[hw][nt][u] = -INFINITY;
+						if (x1) sc[hw][nt][2 + u] = -INFINITY;
+					}
+				}
+			}
+		}
+		uint32_t pa[HW][4][4]; // P as A fragments of the 4 k-steps of 16 keys
+#pragma unroll
+		for (int hw = 0; hw < HW; hw++) {
+			float mx0 = m[hw][0], mx1 = m[hw][1];
+#pragma unroll
+			for (int nt = 0; nt < 8; nt++) {
+				mx0 = fmaxf(mx0, fmaxf(sc[hw][nt][0], sc[hw][nt][1]) * sl2);
+				mx1 = fmaxf(mx1, fmaxf(sc[hw][nt][2], sc[hw][nt][3]) * sl2);
+			}
+			mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+			mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+			mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+			mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+			// a row with no key yet keeps max -inf: subtract 0 instead (its values are all -inf -> 0)
+			const float b0 = mx0 == -INFINITY ? 0.f : mx0, b1 = mx1 == -INFINITY ? 0.f : mx1;
+			const float corr0 = exp2f(m[hw][0] - b0), corr1 = exp2f(m[hw][1] - b1);
+			float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+			for (int nt = 0; nt < 8; nt++) {
+				const float e0 = exp2f(fmaf(sc[hw][nt][0], sl2, -b0)), e1 = exp2f(fmaf(sc[hw][nt][1], sl2, -b0));
+				const float e2 = exp2f(fmaf(sc[hw][nt][2], sl2, -b1)), e3 = exp2f(fmaf(sc[hw][nt][3], sl2, -b1));
+				rs0 += e0 + e1;
+				rs1 += e2 + e3;
+				pa[hw][nt >> 1][(nt & 1) * 2] = pack_bf16(e0, e1);
+				pa[hw][nt >> 1][(nt & 1) * 2 + 1] = pack_bf16(e2, e3);
+			}
+			rs0 += __shfl_xor_sync(0xffffffffu, rs0, 1);
+			rs0 += __shfl_xor_sync(0xffffffffu, rs0, 2);
+			rs1 += __shfl_xor_sync(0xffffffffu, rs1, 1);
+			rs1 += __shfl_xor_sync(0xffffffffu, rs1, 2);
+			l[hw][0] = l[hw][0] * corr0 + rs0;
+			l[hw][1] = l[hw][1] * corr1 + rs1;
+			m[hw][0] = mx0;
+			m[hw][1] = mx1;
+#pragma unroll
+			for (int i = 0; i < 8; i++) {
+				o[hw][i][0] *= corr0;
+				o[hw][i][1] *= corr0;
+				o[hw][i][2] *= corr1;
+				o[hw][i][3] *= corr1;
+			}
+		}
+		// O += P V: 4 k-steps of 16 keys; one ldmatrix.x4.trans gives two n-tiles of 8 dims, used by each head
+#pragma unroll
+		for (int kk = 0; kk < 4; kk++) {
+#pragma unroll
+			for (int np = 0; np < 4; np++) {
+				uint32_t b[4];
+				ldsm_x4_t(b, Vv + (kk * 16 + (mi & 1) * 8 + mr) * FA_S + np * 16 + (mi >> 1) * 8);
+#pragma unroll
+				for (int hw = 0; hw < HW; hw++) {
+					mma16816(o[hw][2 * np], pa[hw][kk], b[0], b[1]);
+					mma16816(o[hw][2 * np + 1], pa[hw][kk], b[2], b[3]);
+				}
+			}
+		}
+		__syncthreads(); // the next iteration's copy overwrites this stage
+	}
+	// rows with all their keys in split 0: normalized, to out; the others: partial sums
+	const float ln2 = 0.6931471805599453f;
+#pragma unroll
+	for (int hw = 0; hw < HW; hw++) {
+		const int h = h0 + hw;
+#pragma unroll
+		for (int r = 0; r < 2; r++) {
+			const int row = g + 8 * r;
+			if (row >= tl || k0 > p0 + row) continue;
+			const int t = t0 + row;
+			if (s == 0 && p0 + row < P) {
+				const float inv = 1.f / l[hw][r];
+				__nv_bfloat16 *op = out + ((size_t)t * nh + h) * D;
+#pragma unroll
+				for (int nd = 0; nd < 8; nd++)
+					*(uint32_t *)(op + nd * 8 + 2 * tq) = pack_bf16(o[hw][nd][2 * r] * inv, o[hw][nd][2 * r + 1] * inv);
+				continue;
+			}
+			const size_t base = ((size_t)t * nh + h) * nsplit + s;
+			float *pp = pacc + base * D;
+#pragma unroll
+			for (int nd = 0; nd < 8; nd++)
+				*(float2 *)(pp + nd * 8 + 2 * tq) = make_float2(o[hw][nd][2 * r], o[hw][nd][2 * r + 1]);
+			if (tq == 0) {
+				pm[base] = m[hw][r] * ln2;
+				pl[base] = l[hw][r];
+			}
+		}
+	}
+}
+
 // Decode attention on the tensor cores, head dim 64: a block serves one
 // query token, one kv head and one split; the MMA rows are the G (<= 16)
 // query heads of the group. Each of the 4 warps takes interleaved 32-key
@@ -1051,7 +1291,7 @@ __global__ void __launch_bounds__(128) attn_mma_dec_kernel(const float *__restri
 template <bool PDL, bool WIDE, typename O = __nv_bfloat16>
 __global__ void attn_reduce_kernel(const int32_t *__restrict__ pos, const float *__restrict__ pacc,
                                    const float *__restrict__ pm, const float *__restrict__ pl, int nh, int D,
-                                   int P, int nsplit, O *__restrict__ out) {
+                                   int P, int nsplit, int direct, O *__restrict__ out) {
 	if (PDL) {
 		pdl_trigger();
 		pdl_wait();
@@ -1059,6 +1299,7 @@ __global__ void attn_reduce_kernel(const int32_t *__restrict__ pos, const float 
 	constexpr int NB = WIDE ? 16 : 1;
 	const int t = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
 	const int ns = pos[t] / P + 1;
+	if (direct && ns == 1) return; // the attention kernel wrote this row itself
 	const size_t base = ((size_t)t * nh + h) * nsplit;
 	if (!WIDE) {
 		float M = -INFINITY;
@@ -1926,6 +2167,9 @@ struct dcu_model {
 	int nt, qt, P, nsplit; // tiles (0: per-token kernel), tokens per tile, split size and count
 	int use_dec;           // the decode kernel (tiles of one token, batch >= dec_min)
 	int use_mma;           // the tensor-core prefill kernel (tiles of up to 16 tokens)
+	int pf_new, pf_p;      // its second form (DCU_PF_OLD=1: the first) and that form's split (DCU_PF_P keys)
+	int pf_occ;            // blocks per SM the second form is compiled for (DCU_PF_OCC: 1, or 2 with spills)
+	int pf_hw;             // heads per warp in the second form (DCU_PF_HW: 1 or 2)
 	// tuning knobs (environment, for experiments): DCU_FILL blocks per SM the
 	// split plan aims at, DCU_PMAX the longest split (<= 512), DCU_DEC_MIN the
 	// smallest batch for the decode kernel
@@ -2111,6 +2355,10 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 	m->pmin = env_int("DCU_PMIN", 64, ATT_CHUNK, 512) / ATT_CHUNK * ATT_CHUNK;
 	if (m->pmin > m->pmax) m->pmin = m->pmax;
 	m->mma_dec = !(getenv("DCU_NO_MMA") && getenv("DCU_NO_MMA")[0] == '1');
+	m->pf_new = !(getenv("DCU_PF_OLD") && getenv("DCU_PF_OLD")[0] == '1');
+	m->pf_p = env_int("DCU_PF_P", 4096, FA_KC, 1 << 20) / FA_KC * FA_KC;
+	m->pf_occ = env_int("DCU_PF_OCC", 1, 1, 2);
+	m->pf_hw = env_int("DCU_PF_HW", 1, 1, 2);
 	m->fuse = m->use_gemv && !(getenv("DCU_NO_FUSE") && getenv("DCU_NO_FUSE")[0] == '1');
 	m->pdl = !(getenv("DCU_NO_PDL") && getenv("DCU_NO_PDL")[0] == '1');
 	m->gu_bf16 = !(getenv("DCU_GU_F32") && getenv("DCU_GU_F32")[0] == '1');
@@ -2379,7 +2627,7 @@ static int enqueue_f32(dcu_model *m, int T, int R, int want_argmax, dcu_status *
 		CKL();
 		MARK(4);
 		attn_reduce_kernel<false, false, float><<<dim3(T, nh), D < 32 ? 32 : D, 0, s>>>(pos, m->pacc, m->pm, m->pl, nh,
-		                                                                                 D, P, nsplit, attn);
+		                                                                                 D, P, nsplit, 0, attn);
 		CKL();
 		MARK(5);
 		if (!gemm32(m, W(L.o), attn, m->x, H, T, nh * D, 1.f, st)) return 0;
@@ -2436,6 +2684,8 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 	// DCU_DIAG_SKIP, to time a kernel by leaving it out: 1 QKV, 2 attention, 4 combine, 8 O, 16 Gate/Up, 32 Down, 64 LM head,
 	// 128 argmax, 256 embedding
 	const int skip = fused ? m->skip : 0;
+	// prefill on the tensor cores, second form: rows within split 0 need no combine
+	const int fa_direct = m->use_mma && m->pf_new;
 	// the argmax folded into the LM head (DCU_FG_AMAX)
 	const bool amax_fold = fused && want_argmax && m->fg_amax && R > 0 && R <= m->fuse_max && !(m->bulk & 32);
 	MARK(-1);
@@ -2483,6 +2733,12 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			MARK(3);
 		}
 		if (skip & 2) {
+		} else if (fa_direct) {
+			const int hw = m->pf_hw == 2 && G % 2 == 0 ? 2 : 1;
+			auto fk = hw == 2 ? attn_fa_kernel<2, 2> : m->pf_occ == 2 ? attn_fa_kernel<1, 2> : attn_fa_kernel<1, 1>;
+			fk<<<dim3(m->nt, nkv, nsplit), 32 * G / hw, 0, s>>>(m->q, pos, btoff, tables, tile_first, tile_len, kv_layer,
+			                                                     block_stride, nh, nkv, c.tokens_per_block, P, nsplit,
+			                                                     scale, m->pacc, m->pm, m->pl, m->attn);
 		} else if (m->use_mma) {
 			attn_mma_kernel<<<dim3(m->nt, nkv, nsplit), 32 * G, 0, s>>>(m->q, pos, btoff, tables, tile_first, tile_len,
 			                                                            kv_layer, block_stride, nh, nkv,
@@ -2508,7 +2764,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 		}
 		CKL();
 		MARK(4);
-		if (!(skip & 4)) {
+		if (!(skip & 4) && !(fa_direct && nsplit == 1)) {
 			PdlLaunch rl(dim3(T, nh), dim3(D < 32 ? 32 : (D > 256 ? 256 : D)), 0, s, fused && pdl);
 			// the one-trip combine while the grid is small (decode), the loop otherwise
 			const bool wide = (size_t)T * nh <= (size_t)16 * m->sms;
@@ -2516,7 +2772,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			                          : (wide ? attn_reduce_kernel<false, true> : attn_reduce_kernel<false, false>);
 			CK(cudaLaunchKernelEx(&rl.cfg, rk, pos,
 			                      (const float *)m->pacc, (const float *)m->pm, (const float *)m->pl, nh, D, P, nsplit,
-			                      m->attn));
+			                      fa_direct, m->attn));
 		}
 		MARK(5);
 		if (fused) {
@@ -2643,6 +2899,10 @@ static int prepare(dcu_model *m, const dcu_batch *b, dcu_status *st) {
 	m->nt = nt;
 	m->qt = longest > 1 ? TILE_QT : 1;
 	split_plan(m, tiled ? nt : T, b->max_ctx, &m->P, &m->nsplit);
+	if (mma_ok && m->pf_new) { // splits of pf_p keys: the rows of split 0 skip the combine
+		m->P = m->pf_p;
+		m->nsplit = (b->max_ctx + m->P - 1) / m->P;
+	}
 	// The decode kernel pays off from a handful of sequences on (measured on
 	// an H100: slower than the tiled kernel at batch 1, faster at 256).
 	m->use_dec = tiled && m->qt == 1 && T >= m->dec_min && decode_kernel(c.head_dim, G) != nullptr;
