@@ -10,15 +10,27 @@
 # UCX_TLS (default tcp: what UCX uses with peer error handling on a host
 # without RDMA or CUDA) applies to all; ucx_perftest runs with -e (peer
 # error handling), as the transceivers' endpoints do.
+# put_bw-1.22: ucx_perftest -t ucp_put_bw from the libucx-cu13 wheel
+# (UCX 1.22, installed into the project virtualenv on first use): a UCX
+# as new as the one inside the nixl-cu13 wheel (1.23), whose puts over TCP
+# are zero-copy RMA where Debian's 1.13 emulates them with active
+# messages, so NIXL's reference on its own kind of UCX.
 # ROUNDS=N (default 1) repeats every measurement N times, in alternating
 # order (so that a busy machine weighs on all columns alike), and prints
-# medians with their ranges.
+# medians with their ranges. BENCH_COLUMNS picks columns (default all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export UCX_TLS=${UCX_TLS:-tcp}
 GO=${GO:-go}
 ROUNDS=${ROUNDS:-1}
+VENV=${VENV:-.venv}
 command -v ucx_perftest >/dev/null || { echo "ucx_perftest not found: install Debian's ucx-utils (scripts/setup-native.sh)" >&2; exit 1; }
+UCX_NEW_WHEEL=${UCX_NEW_WHEEL:-libucx-cu13==1.22.0}
+newpt=$(find "$VENV" -path '*/libucx/bin/ucx_perftest' -print -quit 2>/dev/null || true)
+if [ -z "$newpt" ]; then
+  "$VENV/bin/python" -m pip install -q --no-deps "$UCX_NEW_WHEEL" >&2 || echo "could not install $UCX_NEW_WHEEL: no put_bw-1.22 column" >&2
+  newpt=$(find "$VENV" -path '*/libucx/bin/ucx_perftest' -print -quit 2>/dev/null || true)
+fi
 out=$(mktemp -d)
 srv=
 trap '[ -n "$srv" ] && kill "$srv" 2>/dev/null; rm -rf "$out"' EXIT
@@ -32,15 +44,17 @@ $GO test -c -o "$out/nixl.test" ./transceiver/nixl/
 # perftest COLUMN TEST: one ucx_perftest run per block size, appended to
 # $out/results as "column size count MB/s round" (count: the transceivers'
 # block counts, which perftest's streaming bandwidth stands beside).
+# PT (default ucx_perftest) and PT_LIB (its UCX's library folder, put
+# first on the library path) pick the perftest binary.
 perftest() {
-  local col=$1 t=$2 s n
+  local col=$1 t=$2 s n pt=${PT:-ucx_perftest} lib=${PT_LIB:-}
   for s in $sizes; do
     n=$((256 * 1048576 / s)); [ $n -gt 20000 ] && n=20000
     for try in 1 2 3; do
       port=$((port + 1))
-      ucx_perftest -p $port -e > "$out/srv" 2>&1 & srv=$!
+      LD_LIBRARY_PATH=$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} "$pt" -p $port -e > "$out/srv" 2>&1 & srv=$!
       sleep 0.5
-      if ucx_perftest 127.0.0.1 -p $port -t "$t" -s "$s" -n $n -e > "$out/cli" 2>&1; then break; fi
+      if LD_LIBRARY_PATH=$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} "$pt" 127.0.0.1 -p $port -t "$t" -s "$s" -n $n -e > "$out/cli" 2>&1; then break; fi
       kill "$srv" 2>/dev/null || true
     done
     wait "$srv" 2>/dev/null || true
@@ -70,11 +84,12 @@ run_column() {
     UCX-read) BENCH=BenchmarkReadBandwidth bench UCX-read ucx ;;
     NIXL) bench NIXL nixl ;;
     put_bw) perftest put_bw ucp_put_bw ;;
+    put_bw-1.22) if [ -n "$newpt" ]; then PT=$newpt PT_LIB=$(cd "$(dirname "$newpt")/../lib" && pwd) perftest put_bw-1.22 ucp_put_bw; fi ;;
     am_bw) perftest am_bw ucp_am_bw ;;
   esac
 }
 
-columns="put_bw UCX UCX-RMA UCX-read NIXL am_bw"
+columns=${BENCH_COLUMNS:-put_bw UCX UCX-RMA UCX-read NIXL am_bw put_bw-1.22}
 : > "$out/results"
 for round in $(seq 1 "$ROUNDS"); do
   order=$columns
@@ -114,10 +129,10 @@ awk -v sizes="$sizes" -v cols="$columns" '
       for (k = 1; k <= nc; k++) printf " %18s", cell(v[c[k] " " key], "")
       printf "\n"
     }
-    printf "\n%-6s %-6s %18s %18s %18s %18s %18s %18s\n", "block", "blocks", "UCX/put_bw", "UCX-RMA/put_bw", "NIXL/put_bw", "UCX/am_bw", "UCX/UCX-RMA", "UCX/UCX-read"
+    printf "\n%-6s %-6s %18s %18s %18s %18s %18s %18s %18s\n", "block", "blocks", "UCX/put_bw", "UCX-RMA/put_bw", "NIXL/put_bw", "NIXL/put_bw-1.22", "UCX/am_bw", "UCX/UCX-RMA", "UCX/UCX-read"
     for (i = 1; i <= ns; i++) for (j = 1; j <= nn; j++) {
       key = sz[i] " " cn[j]
-      printf "%-6s %-6s %18s %18s %18s %18s %18s %18s\n", sz[i] / 1024 "KB", cn[j], ratio("UCX", "put_bw", key), ratio("UCX-RMA", "put_bw", key), ratio("NIXL", "put_bw", key), ratio("UCX", "am_bw", key), ratio("UCX", "UCX-RMA", key), ratio("UCX", "UCX-read", key)
+      printf "%-6s %-6s %18s %18s %18s %18s %18s %18s %18s\n", sz[i] / 1024 "KB", cn[j], ratio("UCX", "put_bw", key), ratio("UCX-RMA", "put_bw", key), ratio("NIXL", "put_bw", key), ratio("NIXL", "put_bw-1.22", key), ratio("UCX", "am_bw", key), ratio("UCX", "UCX-RMA", key), ratio("UCX", "UCX-read", key)
     }
   }' "$out/results"
 echo
