@@ -134,7 +134,15 @@ __global__ void embed_kernel(const int32_t *__restrict__ tokens, const int32_t *
 	for (int i = threadIdx.x; i < H; i += blockDim.x) out[i] = tof(row[i]);
 }
 
+// four values to W at p (8-byte aligned for bf16, 16 for float)
+__device__ __forceinline__ void store4(__nv_bfloat16 *p, float a, float b, float c, float d) {
+	__nv_bfloat162 lo = __floats2bfloat162_rn(a, b), hi = __floats2bfloat162_rn(c, d);
+	*(uint2 *)p = make_uint2(*(uint32_t *)&lo, *(uint32_t *)&hi);
+}
+__device__ __forceinline__ void store4(float *p, float a, float b, float c, float d) { *(float4 *)p = make_float4(a, b, c, d); }
+
 // out[r][:] = W(x[src][:] * rsqrt(mean(x^2) + eps) * w), src = rows ? rows[r] : r.
+// Rows of a multiple of 4 go as 16-byte loads of x and 4-value stores.
 template <typename W>
 __global__ void rmsnorm_kernel(const float *__restrict__ x, const int32_t *__restrict__ rows,
                                const W *__restrict__ w, W *__restrict__ out, int H, float eps) {
@@ -142,6 +150,23 @@ __global__ void rmsnorm_kernel(const float *__restrict__ x, const int32_t *__res
 	int src = rows ? rows[r] : r;
 	const float *xr = x + (size_t)src * H;
 	float ss = 0.f;
+	if ((H & 3) == 0) {
+		const float4 *x4 = (const float4 *)xr;
+		for (int i = threadIdx.x; i < H / 4; i += blockDim.x) {
+			const float4 v = x4[i];
+			ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+		}
+		ss = block_sum(ss);
+		const float inv = rsqrtf(ss / (float)H + eps);
+		W *o = out + (size_t)r * H;
+		for (int i = threadIdx.x; i < H / 4; i += blockDim.x) {
+			const float4 v = x4[i];
+			const W *wi = w + 4 * i;
+			store4(o + 4 * i, v.x * inv * tof(wi[0]), v.y * inv * tof(wi[1]), v.z * inv * tof(wi[2]),
+			       v.w * inv * tof(wi[3]));
+		}
+		return;
+	}
 	for (int i = threadIdx.x; i < H; i += blockDim.x) ss += xr[i] * xr[i];
 	ss = block_sum(ss);
 	float inv = rsqrtf(ss / (float)H + eps);
@@ -159,19 +184,21 @@ __global__ void rope_kv_kernel(const float *__restrict__ qkv, const int32_t *__r
                                const int32_t *__restrict__ slot, const float *__restrict__ inv_freq,
                                float *__restrict__ q_out, KV *__restrict__ kv_layer,
                                size_t block_stride, int nh, int nkv, int D, int tpb) {
+	__shared__ float sn_s[128], cs_s[128]; // one angle per pair: half <= 128 (head_dim <= 256, checked at load)
 	int t = blockIdx.x;
 	int half = D / 2;
 	const float *row = qkv + (size_t)t * (nh + 2 * nkv) * D;
 	float p = (float)pos[t];
 	int s = slot[t];
+	for (int j = threadIdx.x; j < half; j += blockDim.x) sincosf(p * inv_freq[j], &sn_s[j], &cs_s[j]);
+	__syncthreads();
 	size_t plane = (size_t)tpb * nkv * D;
 	KV *kdst = kv_layer + (size_t)(s / tpb) * block_stride + (size_t)(s % tpb) * nkv * D;
 	KV *vdst = kdst + plane;
 	int nrot = (nh + nkv) * half;
 	for (int i = threadIdx.x; i < nrot; i += blockDim.x) {
 		int h = i / half, j = i % half;
-		float sn, cs;
-		sincosf(p * inv_freq[j], &sn, &cs);
+		const float sn = sn_s[j], cs = cs_s[j];
 		const float *v = row + (size_t)h * D;
 		float x1 = v[j], x2 = v[j + half];
 		float o1 = x1 * cs - x2 * sn, o2 = x2 * cs + x1 * sn;
@@ -836,8 +863,8 @@ __global__ void __launch_bounds__(256) attn_mma_kernel(const float *__restrict__
 
 // Prefill attention, second form (the default; DCU_PF_OLD=1 keeps the one
 // above): a block serves the same tile of 16 query tokens x the G heads of
-// one kv head, each warp HW of those heads (DCU_PF_HW, 1 or 2: with 2, every
-// K and V fragment read from shared memory serves both heads). 64-key
+// one kv head, warp w head kvh*G+w (two heads per warp, sharing every K and
+// V fragment, measured slower: 251 registers). 64-key
 // chunks of K and V are copied into a two-stage shared-memory ring by
 // cp.async (the next chunk in flight while this one is used), both kept as
 // [key][dim] and read into MMA fragments with ldmatrix (.trans for V);
@@ -869,8 +896,7 @@ __device__ __forceinline__ void ldsm_x4_t(uint32_t *r, const void *smem) {
 	             : "r"(a));
 }
 
-template <int HW, int MINB>
-__global__ void __launch_bounds__(256 / HW, MINB) attn_fa_kernel(const float *__restrict__ q, const int32_t *__restrict__ pos,
+__global__ void __launch_bounds__(256, 1) attn_fa_kernel(const float *__restrict__ q, const int32_t *__restrict__ pos,
                                                          const int32_t *__restrict__ btoff,
                                                          const int32_t *__restrict__ tables,
                                                          const int32_t *__restrict__ tile_first,
@@ -893,7 +919,7 @@ __global__ void __launch_bounds__(256 / HW, MINB) attn_fa_kernel(const float *__
 	const int k1 = min(k0 + P, ctx);
 	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 	const int g = lane >> 2, tq = lane & 3;
-	const int h0 = kvh * G + warp * HW; // the warp's first head
+	const int h = kvh * G + warp;
 	const int32_t *bt = tables + btoff[t0];
 	const size_t plane = (size_t)tpb * nkv * D;
 	// stage the chunk of keys [c0, c0+FA_KC) (zeros past k1)
@@ -911,11 +937,10 @@ __global__ void __launch_bounds__(256 / HW, MINB) attn_fa_kernel(const float *__
 	};
 	stage(0, k0);
 	// Q fragments (bf16): rows g and g+8 are tokens t0+g and t0+g+8 (zero past the tile)
-	uint32_t qa[HW][4][4];
-#pragma unroll
-	for (int hw = 0; hw < HW; hw++) {
-		const float *qg = q + ((size_t)(t0 + g) * nh + h0 + hw) * D;
-		const float *qg8 = q + ((size_t)(t0 + g + 8) * nh + h0 + hw) * D;
+	uint32_t qa[4][4];
+	{
+		const float *qg = q + ((size_t)(t0 + g) * nh + h) * D;
+		const float *qg8 = q + ((size_t)(t0 + g + 8) * nh + h) * D;
 		const bool r0 = g < tl, r1 = g + 8 < tl;
 #pragma unroll
 		for (int kk = 0; kk < 4; kk++) {
@@ -924,22 +949,18 @@ __global__ void __launch_bounds__(256 / HW, MINB) attn_fa_kernel(const float *__
 			float2 b = r1 ? *(const float2 *)(qg8 + c) : make_float2(0.f, 0.f);
 			float2 a8 = r0 ? *(const float2 *)(qg + c + 8) : make_float2(0.f, 0.f);
 			float2 b8 = r1 ? *(const float2 *)(qg8 + c + 8) : make_float2(0.f, 0.f);
-			qa[hw][kk][0] = pack_bf16(a.x, a.y);
-			qa[hw][kk][1] = pack_bf16(b.x, b.y);
-			qa[hw][kk][2] = pack_bf16(a8.x, a8.y);
-			qa[hw][kk][3] = pack_bf16(b8.x, b8.y);
+			qa[kk][0] = pack_bf16(a.x, a.y);
+			qa[kk][1] = pack_bf16(b.x, b.y);
+			qa[kk][2] = pack_bf16(a8.x, a8.y);
+			qa[kk][3] = pack_bf16(b8.x, b8.y);
 		}
 	}
 	const float sl2 = scale * 1.4426950408889634f; // scores in base 2
 	const int pr0 = p0 + g, pr1 = p0 + g + 8;      // positions of the two rows
-	float o[HW][8][4];
+	float o[8][4];
 #pragma unroll
-	for (int hw = 0; hw < HW; hw++)
-#pragma unroll
-		for (int i = 0; i < 8; i++) o[hw][i][0] = o[hw][i][1] = o[hw][i][2] = o[hw][i][3] = 0.f;
-	float m[HW][2], l[HW][2];
-#pragma unroll
-	for (int hw = 0; hw < HW; hw++) m[hw][0] = m[hw][1] = -INFINITY, l[hw][0] = l[hw][1] = 0.f;
+	for (int i = 0; i < 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+	float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 	// ldmatrix lane addresses: matrix mi = lane/8, its row lane%8
 	const int mi = lane >> 3, mr = lane & 7;
 	int buf = 0;
@@ -952,21 +973,17 @@ __global__ void __launch_bounds__(256 / HW, MINB) attn_fa_kernel(const float *__
 		}
 		__syncthreads();
 		const __nv_bfloat16 *K = ks[buf], *Vv = vs[buf];
-		// S = Q K^T: 8 n-tiles of 8 keys; one ldmatrix.x4 gives two k-steps of one n-tile, used by each head
-		float sc[HW][8][4];
+		// S = Q K^T: 8 n-tiles of 8 keys; one ldmatrix.x4 gives two k-steps of one n-tile
+		float sc[8][4];
 #pragma unroll
 		for (int nt = 0; nt < 8; nt++) {
-#pragma unroll
-			for (int hw = 0; hw < HW; hw++) sc[hw][nt][0] = sc[hw][nt][1] = sc[hw][nt][2] = sc[hw][nt][3] = 0.f;
+			sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
 #pragma unroll
 			for (int kp = 0; kp < 2; kp++) {
 				uint32_t b[4];
 				ldsm_x4(b, K + (nt * 8 + mr) * FA_S + (2 * kp + (mi >> 1)) * 16 + (mi & 1) * 8);
-#pragma unroll
-				for (int hw = 0; hw < HW; hw++) {
-					mma16816(sc[hw][nt], qa[hw][2 * kp], b[0], b[1]);
-					mma16816(sc[hw][nt], qa[hw][2 * kp + 1], b[2], b[3]);
-				}
+				mma16816(sc[nt], qa[2 * kp], b[0], b[1]);
+				mma16816(sc[nt], qa[2 * kp + 1], b[2], b[3]);
 			}
 		}
 		// causal mask and the end of the split, only where the chunk reaches them
@@ -977,22 +994,20 @@ __global__ void __launch_bounds__(256 / HW, MINB) attn_fa_kernel(const float *__
 				for (int u = 0; u < 2; u++) {
 					const int key = c0 + nt * 8 + 2 * tq + u;
 					const bool x0 = key >= k1 || key > pr0, x1 = key >= k1 || key > pr1;
-#pragma unroll
-					for (int hw = 0; hw < HW; hw++) {
-						if (x0) sc[hw][nt][u] = -INFINITY;
-						if (x1) sc[hw][nt][2 + u] = -INFINITY;
-					}
+					if (x0) sc[nt][u] = -INFINITY;
+					if (x1) sc[nt][2 + u] = -INFINITY;
 				}
 			}
 		}
-		uint32_t pa[HW][4][4]; // P as A fragments of the 4 k-steps of 16 keys
-#pragma unroll
-		for (int hw = 0; hw < HW; hw++) {
-			float mx0 = m[hw][0], mx1 = m[hw][1];
+		// online softmax of the two rows (a row's 64 values live in one quad); P as
+		// A fragments of the 4 k-steps of 16 keys
+		uint32_t pa[4][4];
+		{
+			float mx0 = m[0], mx1 = m[1];
 #pragma unroll
 			for (int nt = 0; nt < 8; nt++) {
-				mx0 = fmaxf(mx0, fmaxf(sc[hw][nt][0], sc[hw][nt][1]) * sl2);
-				mx1 = fmaxf(mx1, fmaxf(sc[hw][nt][2], sc[hw][nt][3]) * sl2);
+				mx0 = fmaxf(mx0, fmaxf(sc[nt][0], sc[nt][1]) * sl2);
+				mx1 = fmaxf(mx1, fmaxf(sc[nt][2], sc[nt][3]) * sl2);
 			}
 			mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
 			mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
@@ -1000,45 +1015,42 @@ __global__ void __launch_bounds__(256 / HW, MINB) attn_fa_kernel(const float *__
 			mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
 			// a row with no key yet keeps max -inf: subtract 0 instead (its values are all -inf -> 0)
 			const float b0 = mx0 == -INFINITY ? 0.f : mx0, b1 = mx1 == -INFINITY ? 0.f : mx1;
-			const float corr0 = exp2f(m[hw][0] - b0), corr1 = exp2f(m[hw][1] - b1);
+			const float corr0 = exp2f(m[0] - b0), corr1 = exp2f(m[1] - b1);
 			float rs0 = 0.f, rs1 = 0.f;
 #pragma unroll
 			for (int nt = 0; nt < 8; nt++) {
-				const float e0 = exp2f(fmaf(sc[hw][nt][0], sl2, -b0)), e1 = exp2f(fmaf(sc[hw][nt][1], sl2, -b0));
-				const float e2 = exp2f(fmaf(sc[hw][nt][2], sl2, -b1)), e3 = exp2f(fmaf(sc[hw][nt][3], sl2, -b1));
+				const float e0 = exp2f(fmaf(sc[nt][0], sl2, -b0)), e1 = exp2f(fmaf(sc[nt][1], sl2, -b0));
+				const float e2 = exp2f(fmaf(sc[nt][2], sl2, -b1)), e3 = exp2f(fmaf(sc[nt][3], sl2, -b1));
 				rs0 += e0 + e1;
 				rs1 += e2 + e3;
-				pa[hw][nt >> 1][(nt & 1) * 2] = pack_bf16(e0, e1);
-				pa[hw][nt >> 1][(nt & 1) * 2 + 1] = pack_bf16(e2, e3);
+				pa[nt >> 1][(nt & 1) * 2] = pack_bf16(e0, e1);
+				pa[nt >> 1][(nt & 1) * 2 + 1] = pack_bf16(e2, e3);
 			}
 			rs0 += __shfl_xor_sync(0xffffffffu, rs0, 1);
 			rs0 += __shfl_xor_sync(0xffffffffu, rs0, 2);
 			rs1 += __shfl_xor_sync(0xffffffffu, rs1, 1);
 			rs1 += __shfl_xor_sync(0xffffffffu, rs1, 2);
-			l[hw][0] = l[hw][0] * corr0 + rs0;
-			l[hw][1] = l[hw][1] * corr1 + rs1;
-			m[hw][0] = mx0;
-			m[hw][1] = mx1;
+			l[0] = l[0] * corr0 + rs0;
+			l[1] = l[1] * corr1 + rs1;
+			m[0] = mx0;
+			m[1] = mx1;
 #pragma unroll
 			for (int i = 0; i < 8; i++) {
-				o[hw][i][0] *= corr0;
-				o[hw][i][1] *= corr0;
-				o[hw][i][2] *= corr1;
-				o[hw][i][3] *= corr1;
+				o[i][0] *= corr0;
+				o[i][1] *= corr0;
+				o[i][2] *= corr1;
+				o[i][3] *= corr1;
 			}
 		}
-		// O += P V: 4 k-steps of 16 keys; one ldmatrix.x4.trans gives two n-tiles of 8 dims, used by each head
+		// O += P V: 4 k-steps of 16 keys; one ldmatrix.x4.trans gives two n-tiles of 8 dims
 #pragma unroll
 		for (int kk = 0; kk < 4; kk++) {
 #pragma unroll
 			for (int np = 0; np < 4; np++) {
 				uint32_t b[4];
 				ldsm_x4_t(b, Vv + (kk * 16 + (mi & 1) * 8 + mr) * FA_S + np * 16 + (mi >> 1) * 8);
-#pragma unroll
-				for (int hw = 0; hw < HW; hw++) {
-					mma16816(o[hw][2 * np], pa[hw][kk], b[0], b[1]);
-					mma16816(o[hw][2 * np + 1], pa[hw][kk], b[2], b[3]);
-				}
+				mma16816(o[2 * np], pa[kk], b[0], b[1]);
+				mma16816(o[2 * np + 1], pa[kk], b[2], b[3]);
 			}
 		}
 		__syncthreads(); // the next iteration's copy overwrites this stage
@@ -1046,30 +1058,25 @@ __global__ void __launch_bounds__(256 / HW, MINB) attn_fa_kernel(const float *__
 	// rows with all their keys in split 0: normalized, to out; the others: partial sums
 	const float ln2 = 0.6931471805599453f;
 #pragma unroll
-	for (int hw = 0; hw < HW; hw++) {
-		const int h = h0 + hw;
-#pragma unroll
-		for (int r = 0; r < 2; r++) {
-			const int row = g + 8 * r;
-			if (row >= tl || k0 > p0 + row) continue;
-			const int t = t0 + row;
-			if (s == 0 && p0 + row < P) {
-				const float inv = 1.f / l[hw][r];
-				__nv_bfloat16 *op = out + ((size_t)t * nh + h) * D;
-#pragma unroll
-				for (int nd = 0; nd < 8; nd++)
-					*(uint32_t *)(op + nd * 8 + 2 * tq) = pack_bf16(o[hw][nd][2 * r] * inv, o[hw][nd][2 * r + 1] * inv);
-				continue;
-			}
-			const size_t base = ((size_t)t * nh + h) * nsplit + s;
-			float *pp = pacc + base * D;
+	for (int r = 0; r < 2; r++) {
+		const int row = g + 8 * r;
+		if (row >= tl || k0 > p0 + row) continue;
+		const int t = t0 + row;
+		if (s == 0 && p0 + row < P) {
+			const float inv = 1.f / l[r];
+			__nv_bfloat16 *op = out + ((size_t)t * nh + h) * D;
 #pragma unroll
 			for (int nd = 0; nd < 8; nd++)
-				*(float2 *)(pp + nd * 8 + 2 * tq) = make_float2(o[hw][nd][2 * r], o[hw][nd][2 * r + 1]);
-			if (tq == 0) {
-				pm[base] = m[hw][r] * ln2;
-				pl[base] = l[hw][r];
-			}
+				*(uint32_t *)(op + nd * 8 + 2 * tq) = pack_bf16(o[nd][2 * r] * inv, o[nd][2 * r + 1] * inv);
+			continue;
+		}
+		const size_t base = ((size_t)t * nh + h) * nsplit + s;
+		float *pp = pacc + base * D;
+#pragma unroll
+		for (int nd = 0; nd < 8; nd++) *(float2 *)(pp + nd * 8 + 2 * tq) = make_float2(o[nd][2 * r], o[nd][2 * r + 1]);
+		if (tq == 0) {
+			pm[base] = m[r] * ln2;
+			pl[base] = l[r];
 		}
 	}
 }
@@ -2168,8 +2175,6 @@ struct dcu_model {
 	int use_dec;           // the decode kernel (tiles of one token, batch >= dec_min)
 	int use_mma;           // the tensor-core prefill kernel (tiles of up to 16 tokens)
 	int pf_new, pf_p;      // its second form (DCU_PF_OLD=1: the first) and that form's split (DCU_PF_P keys)
-	int pf_occ;            // blocks per SM the second form is compiled for (DCU_PF_OCC: 1, or 2 with spills)
-	int pf_hw;             // heads per warp in the second form (DCU_PF_HW: 1 or 2)
 	// tuning knobs (environment, for experiments): DCU_FILL blocks per SM the
 	// split plan aims at, DCU_PMAX the longest split (<= 512), DCU_DEC_MIN the
 	// smallest batch for the decode kernel
@@ -2357,8 +2362,6 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 	m->mma_dec = !(getenv("DCU_NO_MMA") && getenv("DCU_NO_MMA")[0] == '1');
 	m->pf_new = !(getenv("DCU_PF_OLD") && getenv("DCU_PF_OLD")[0] == '1');
 	m->pf_p = env_int("DCU_PF_P", 4096, FA_KC, 1 << 20) / FA_KC * FA_KC;
-	m->pf_occ = env_int("DCU_PF_OCC", 1, 1, 2);
-	m->pf_hw = env_int("DCU_PF_HW", 1, 1, 2);
 	m->fuse = m->use_gemv && !(getenv("DCU_NO_FUSE") && getenv("DCU_NO_FUSE")[0] == '1');
 	m->pdl = !(getenv("DCU_NO_PDL") && getenv("DCU_NO_PDL")[0] == '1');
 	m->gu_bf16 = !(getenv("DCU_GU_F32") && getenv("DCU_GU_F32")[0] == '1');
@@ -2734,11 +2737,10 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 		}
 		if (skip & 2) {
 		} else if (fa_direct) {
-			const int hw = m->pf_hw == 2 && G % 2 == 0 ? 2 : 1;
-			auto fk = hw == 2 ? attn_fa_kernel<2, 2> : m->pf_occ == 2 ? attn_fa_kernel<1, 2> : attn_fa_kernel<1, 1>;
-			fk<<<dim3(m->nt, nkv, nsplit), 32 * G / hw, 0, s>>>(m->q, pos, btoff, tables, tile_first, tile_len, kv_layer,
-			                                                     block_stride, nh, nkv, c.tokens_per_block, P, nsplit,
-			                                                     scale, m->pacc, m->pm, m->pl, m->attn);
+			attn_fa_kernel<<<dim3(m->nt, nkv, nsplit), 32 * G, 0, s>>>(m->q, pos, btoff, tables, tile_first, tile_len,
+			                                                           kv_layer, block_stride, nh, nkv,
+			                                                           c.tokens_per_block, P, nsplit, scale, m->pacc,
+			                                                           m->pm, m->pl, m->attn);
 		} else if (m->use_mma) {
 			attn_mma_kernel<<<dim3(m->nt, nkv, nsplit), 32 * G, 0, s>>>(m->q, pos, btoff, tables, tile_first, tile_len,
 			                                                            kv_layer, block_stride, nh, nkv,
