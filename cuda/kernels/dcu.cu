@@ -673,16 +673,11 @@ static attn_decode_fn decode_kernel(int D, int G) {
 }
 
 
-// Prefill attention on the tensor cores (mma.sync m16n8k16, bf16 in, fp32
-// accumulate), head dim 64: a block serves a tile of up to 16 consecutive
-// query tokens of one sequence, one kv head and one split; warp w computes
-// query head kvh*G+w for the tile's 16 tokens (the 16 rows of the MMA) with
-// an online softmax over 32-key chunks staged in shared memory (K as
-// [key][dim], V transposed as [dim][key], rows padded against bank
-// conflicts). Grid (tiles, nkv, nsplit), 32*G threads.
+// Tensor-core attention (mma.sync m16n8k16, bf16 in, fp32 accumulate),
+// head dim 64: tiles of up to MMA_QT query tokens for prefill (attn_fa_kernel)
+// and the decode kernel below.
 #define MMA_QT 16
 #define MMA_KS 72 // K row stride (bf16): 64 + 8
-#define MMA_VS 40 // Vt row stride (bf16): 32 + 8
 
 __device__ __forceinline__ void mma16816(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
 	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -696,175 +691,31 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 	return *(uint32_t *)&v;
 }
 
-__global__ void __launch_bounds__(256) attn_mma_kernel(const float *__restrict__ q, const int32_t *__restrict__ pos,
-                                                       const int32_t *__restrict__ btoff,
-                                                       const int32_t *__restrict__ tables,
-                                                       const int32_t *__restrict__ tile_first,
-                                                       const int32_t *__restrict__ tile_len,
-                                                       const __nv_bfloat16 *__restrict__ kv_layer, size_t block_stride,
-                                                       int nh, int nkv, int tpb, int P, int nsplit, float scale,
-                                                       float *__restrict__ pacc, float *__restrict__ pm,
-                                                       float *__restrict__ pl) {
-	constexpr int D = 64;
-	__shared__ __align__(16) __nv_bfloat16 ks[ATT_CHUNK * MMA_KS];
-	__shared__ __align__(16) __nv_bfloat16 vt[D * MMA_VS];
-	__shared__ int32_t bts[ATT_MAXBT];
-	const int tile = blockIdx.x, kvh = blockIdx.y, s = blockIdx.z;
-	const int G = nh / nkv;
-	const int t0 = tile_first[tile], tl = tile_len[tile];
-	const int p0 = pos[t0];
-	const int ctx = p0 + tl;
-	const int k0 = s * P;
-	if (k0 >= ctx) return;
-	const int k1 = min(k0 + P, ctx);
-	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-	const int g = lane >> 2, tq = lane & 3;
-	const int h = kvh * G + warp;
-	const int b0 = k0 / tpb;
-	{
-		const int32_t *bt = tables + btoff[t0];
-		for (int i = threadIdx.x; i <= (k1 - 1) / tpb - b0; i += blockDim.x) bts[i] = bt[b0 + i];
-	}
-	// Q fragments: rows g and g+8 are tokens t0+g and t0+g+8 (zero past the tile)
-	uint32_t qa[4][4];
-	{
-		const float *qg = q + ((size_t)(t0 + g) * nh + h) * D;
-		const float *qg8 = q + ((size_t)(t0 + g + 8) * nh + h) * D;
-		const bool r0 = g < tl, r1 = g + 8 < tl;
+// An MMA accumulator row's values live in one quad (4 lanes): its max and sum.
+__device__ __forceinline__ float quad_max(float v) {
+	v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+	return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+	v += __shfl_xor_sync(0xffffffffu, v, 1);
+	return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// Scales the two rows of 8 m16n8 accumulators (c0, c1: row g; c2, c3: row g+8).
+__device__ __forceinline__ void scale_rows(float (&o)[8][4], float r0, float r1) {
 #pragma unroll
-		for (int kk = 0; kk < 4; kk++) {
-			int c = kk * 16 + 2 * tq;
-			qa[kk][0] = r0 ? pack_bf16(qg[c], qg[c + 1]) : 0u;
-			qa[kk][1] = r1 ? pack_bf16(qg8[c], qg8[c + 1]) : 0u;
-			qa[kk][2] = r0 ? pack_bf16(qg[c + 8], qg[c + 9]) : 0u;
-			qa[kk][3] = r1 ? pack_bf16(qg8[c + 8], qg8[c + 9]) : 0u;
-		}
-	}
-	const int pr0 = p0 + g, pr1 = p0 + g + 8; // positions of the two rows
-	const bool row0 = g < tl, row1 = g + 8 < tl;
-	float o[8][4];
-#pragma unroll
-	for (int i = 0; i < 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-	float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
-	const size_t plane = (size_t)tpb * nkv * D;
-	for (int c0 = k0; c0 < k1; c0 += ATT_CHUNK) {
-		const int n = min(ATT_CHUNK, k1 - c0);
-		__syncthreads();
-		for (int e = threadIdx.x; e < ATT_CHUNK * (D / 8); e += blockDim.x) {
-			int j = e / (D / 8), d8 = (e % (D / 8)) * 8;
-			uint4 kk = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
-			if (j < n) {
-				int key = c0 + j;
-				const __nv_bfloat16 *kp = kv_layer + (size_t)bts[key / tpb - b0] * block_stride +
-				                          (size_t)(key % tpb) * nkv * D + (size_t)kvh * D + d8;
-				kk = *(const uint4 *)kp;
-				vv = *(const uint4 *)(kp + plane);
-			}
-			*(uint4 *)(ks + j * MMA_KS + d8) = kk;
-			const __nv_bfloat16 *v8 = (const __nv_bfloat16 *)&vv;
-#pragma unroll
-			for (int u = 0; u < 8; u++) vt[(d8 + u) * MMA_VS + j] = v8[u];
-		}
-		__syncthreads();
-		// S = Q K^T for 32 keys: 4 n-tiles of 8 keys
-		float sc[4][4];
-#pragma unroll
-		for (int nt = 0; nt < 4; nt++) {
-			sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
-			const __nv_bfloat16 *kr = ks + (nt * 8 + g) * MMA_KS + 2 * tq;
-#pragma unroll
-			for (int kk = 0; kk < 4; kk++) {
-				uint32_t bb0 = *(const uint32_t *)(kr + kk * 16);
-				uint32_t bb1 = *(const uint32_t *)(kr + kk * 16 + 8);
-				mma16816(sc[nt], qa[kk], bb0, bb1);
-			}
-		}
-		// mask, scale, online softmax (rows g and g+8; a row's 32 values live in one quad)
-		float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-		for (int nt = 0; nt < 4; nt++) {
-#pragma unroll
-			for (int u = 0; u < 2; u++) {
-				int key = c0 + nt * 8 + 2 * tq + u;
-				bool kv_ok = key < k1;
-				sc[nt][u] = (kv_ok && row0 && key <= pr0) ? sc[nt][u] * scale : -INFINITY;
-				sc[nt][2 + u] = (kv_ok && row1 && key <= pr1) ? sc[nt][2 + u] * scale : -INFINITY;
-				mx0 = fmaxf(mx0, sc[nt][u]);
-				mx1 = fmaxf(mx1, sc[nt][2 + u]);
-			}
-		}
-		mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-		mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-		mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-		mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-		float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-		float corr0 = mn0 == -INFINITY ? 1.f : __expf(m0 - mn0);
-		float corr1 = mn1 == -INFINITY ? 1.f : __expf(m1 - mn1);
-		float rs0 = 0.f, rs1 = 0.f;
-#pragma unroll
-		for (int nt = 0; nt < 4; nt++) {
-#pragma unroll
-			for (int u = 0; u < 2; u++) {
-				float a = sc[nt][u] == -INFINITY ? 0.f : __expf(sc[nt][u] - mn0);
-				float b = sc[nt][2 + u] == -INFINITY ? 0.f : __expf(sc[nt][2 + u] - mn1);
-				sc[nt][u] = a;
-				sc[nt][2 + u] = b;
-				rs0 += a;
-				rs1 += b;
-			}
-		}
-		rs0 += __shfl_xor_sync(0xffffffffu, rs0, 1);
-		rs0 += __shfl_xor_sync(0xffffffffu, rs0, 2);
-		rs1 += __shfl_xor_sync(0xffffffffu, rs1, 1);
-		rs1 += __shfl_xor_sync(0xffffffffu, rs1, 2);
-		l0 = l0 * corr0 + rs0;
-		l1 = l1 * corr1 + rs1;
-		m0 = mn0;
-		m1 = mn1;
-#pragma unroll
-		for (int i = 0; i < 8; i++) {
-			o[i][0] *= corr0;
-			o[i][1] *= corr0;
-			o[i][2] *= corr1;
-			o[i][3] *= corr1;
-		}
-		// O += P V: 2 k-steps of 16 keys, 8 n-tiles of 8 dims
-#pragma unroll
-		for (int kk = 0; kk < 2; kk++) {
-			uint32_t pa[4] = {pack_bf16(sc[2 * kk][0], sc[2 * kk][1]), pack_bf16(sc[2 * kk][2], sc[2 * kk][3]),
-			                  pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
-			                  pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
-#pragma unroll
-			for (int nd = 0; nd < 8; nd++) {
-				const __nv_bfloat16 *vr = vt + (nd * 8 + g) * MMA_VS + kk * 16 + 2 * tq;
-				mma16816(o[nd], pa, *(const uint32_t *)vr, *(const uint32_t *)(vr + 8));
-			}
-		}
-	}
-	// partial results of the two rows
-#pragma unroll
-	for (int r = 0; r < 2; r++) {
-		int row = g + 8 * r;
-		if (row >= tl || k0 > p0 + row) continue;
-		size_t base = ((size_t)(t0 + row) * nh + h) * nsplit + s;
-		float *pa = pacc + base * D;
-#pragma unroll
-		for (int nd = 0; nd < 8; nd++) {
-			pa[nd * 8 + 2 * tq] = o[nd][2 * r];
-			pa[nd * 8 + 2 * tq + 1] = o[nd][2 * r + 1];
-		}
-		if (tq == 0) {
-			pm[base] = r ? m1 : m0;
-			pl[base] = r ? l1 : l0;
-		}
+	for (int i = 0; i < 8; i++) {
+		o[i][0] *= r0;
+		o[i][1] *= r0;
+		o[i][2] *= r1;
+		o[i][3] *= r1;
 	}
 }
 
-
-// Prefill attention, second form (the default; DCU_PF_OLD=1 keeps the one
-// above): a block serves the same tile of 16 query tokens x the G heads of
-// one kv head, warp w head kvh*G+w (two heads per warp, sharing every K and
-// V fragment, measured slower: 251 registers). 64-key
+// Prefill attention: a block serves a tile of up to 16 consecutive query
+// tokens of one sequence x the G heads of one kv head, warp w head kvh*G+w
+// (the MMA rows are the tile's tokens; two heads per warp, sharing every K
+// and V fragment, and blocks of 4 warps were measured slower). 64-key
 // chunks of K and V are copied into a two-stage shared-memory ring by
 // cp.async (the next chunk in flight while this one is used), both kept as
 // [key][dim] and read into MMA fragments with ldmatrix (.trans for V);
@@ -1009,10 +860,8 @@ __global__ void __launch_bounds__(256, 1) attn_fa_kernel(const float *__restrict
 				mx0 = fmaxf(mx0, fmaxf(sc[nt][0], sc[nt][1]) * sl2);
 				mx1 = fmaxf(mx1, fmaxf(sc[nt][2], sc[nt][3]) * sl2);
 			}
-			mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-			mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-			mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-			mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+			mx0 = quad_max(mx0);
+			mx1 = quad_max(mx1);
 			// a row with no key yet keeps max -inf: subtract 0 instead (its values are all -inf -> 0)
 			const float b0 = mx0 == -INFINITY ? 0.f : mx0, b1 = mx1 == -INFINITY ? 0.f : mx1;
 			const float corr0 = exp2f(m[0] - b0), corr1 = exp2f(m[1] - b1);
@@ -1026,21 +875,13 @@ __global__ void __launch_bounds__(256, 1) attn_fa_kernel(const float *__restrict
 				pa[nt >> 1][(nt & 1) * 2] = pack_bf16(e0, e1);
 				pa[nt >> 1][(nt & 1) * 2 + 1] = pack_bf16(e2, e3);
 			}
-			rs0 += __shfl_xor_sync(0xffffffffu, rs0, 1);
-			rs0 += __shfl_xor_sync(0xffffffffu, rs0, 2);
-			rs1 += __shfl_xor_sync(0xffffffffu, rs1, 1);
-			rs1 += __shfl_xor_sync(0xffffffffu, rs1, 2);
+			rs0 = quad_sum(rs0);
+			rs1 = quad_sum(rs1);
 			l[0] = l[0] * corr0 + rs0;
 			l[1] = l[1] * corr1 + rs1;
 			m[0] = mx0;
 			m[1] = mx1;
-#pragma unroll
-			for (int i = 0; i < 8; i++) {
-				o[i][0] *= corr0;
-				o[i][1] *= corr0;
-				o[i][2] *= corr1;
-				o[i][3] *= corr1;
-			}
+			scale_rows(o, corr0, corr1);
 		}
 		// O += P V: 4 k-steps of 16 keys; one ldmatrix.x4.trans gives two n-tiles of 8 dims
 #pragma unroll
@@ -2174,7 +2015,7 @@ struct dcu_model {
 	int nt, qt, P, nsplit; // tiles (0: per-token kernel), tokens per tile, split size and count
 	int use_dec;           // the decode kernel (tiles of one token, batch >= dec_min)
 	int use_mma;           // the tensor-core prefill kernel (tiles of up to 16 tokens)
-	int pf_new, pf_p;      // its second form (DCU_PF_OLD=1: the first) and that form's split (DCU_PF_P keys)
+	int pf_p;              // its split (DCU_PF_P keys)
 	// tuning knobs (environment, for experiments): DCU_FILL blocks per SM the
 	// split plan aims at, DCU_PMAX the longest split (<= 512), DCU_DEC_MIN the
 	// smallest batch for the decode kernel
@@ -2360,7 +2201,6 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 	m->pmin = env_int("DCU_PMIN", 64, ATT_CHUNK, 512) / ATT_CHUNK * ATT_CHUNK;
 	if (m->pmin > m->pmax) m->pmin = m->pmax;
 	m->mma_dec = !(getenv("DCU_NO_MMA") && getenv("DCU_NO_MMA")[0] == '1');
-	m->pf_new = !(getenv("DCU_PF_OLD") && getenv("DCU_PF_OLD")[0] == '1');
 	m->pf_p = env_int("DCU_PF_P", 4096, FA_KC, 1 << 20) / FA_KC * FA_KC;
 	m->fuse = m->use_gemv && !(getenv("DCU_NO_FUSE") && getenv("DCU_NO_FUSE")[0] == '1');
 	m->pdl = !(getenv("DCU_NO_PDL") && getenv("DCU_NO_PDL")[0] == '1');
@@ -2687,8 +2527,8 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 	// DCU_DIAG_SKIP, to time a kernel by leaving it out: 1 QKV, 2 attention, 4 combine, 8 O, 16 Gate/Up, 32 Down, 64 LM head,
 	// 128 argmax, 256 embedding
 	const int skip = fused ? m->skip : 0;
-	// prefill on the tensor cores, second form: rows within split 0 need no combine
-	const int fa_direct = m->use_mma && m->pf_new;
+	// prefill on the tensor cores: rows within split 0 need no combine
+	const int fa_direct = m->use_mma;
 	// the argmax folded into the LM head (DCU_FG_AMAX)
 	const bool amax_fold = fused && want_argmax && m->fg_amax && R > 0 && R <= m->fuse_max && !(m->bulk & 32);
 	MARK(-1);
@@ -2736,16 +2576,11 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			MARK(3);
 		}
 		if (skip & 2) {
-		} else if (fa_direct) {
+		} else if (m->use_mma) {
 			attn_fa_kernel<<<dim3(m->nt, nkv, nsplit), 32 * G, 0, s>>>(m->q, pos, btoff, tables, tile_first, tile_len,
 			                                                           kv_layer, block_stride, nh, nkv,
 			                                                           c.tokens_per_block, P, nsplit, scale, m->pacc,
 			                                                           m->pm, m->pl, m->attn);
-		} else if (m->use_mma) {
-			attn_mma_kernel<<<dim3(m->nt, nkv, nsplit), 32 * G, 0, s>>>(m->q, pos, btoff, tables, tile_first, tile_len,
-			                                                            kv_layer, block_stride, nh, nkv,
-			                                                            c.tokens_per_block, P, nsplit, scale, m->pacc,
-			                                                            m->pm, m->pl);
 		} else if (m->use_dec && D == 64 && G <= 16 && m->mma_dec) {
 			PdlLaunch al(dim3(T, nkv, nsplit), dim3(32 * DEC_WARPS), 0, s, fused && pdl);
 			CK(cudaLaunchKernelEx(&al.cfg, attn_mma_dec_kernel, (const float *)m->q, pos, btoff, tables,
@@ -2901,7 +2736,7 @@ static int prepare(dcu_model *m, const dcu_batch *b, dcu_status *st) {
 	m->nt = nt;
 	m->qt = longest > 1 ? TILE_QT : 1;
 	split_plan(m, tiled ? nt : T, b->max_ctx, &m->P, &m->nsplit);
-	if (mma_ok && m->pf_new) { // splits of pf_p keys: the rows of split 0 skip the combine
+	if (mma_ok) { // splits of pf_p keys: the rows of split 0 skip the combine
 		m->P = m->pf_p;
 		m->nsplit = (b->max_ctx + m->P - 1) / m->P;
 	}
