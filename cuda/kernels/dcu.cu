@@ -1039,10 +1039,8 @@ __global__ void __launch_bounds__(128) attn_mma_dec_kernel(const float *__restri
 				mx1 = fmaxf(mx1, sc[nt][2 + u]);
 			}
 		}
-		mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-		mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-		mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-		mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+		mx0 = quad_max(mx0);
+		mx1 = quad_max(mx1);
 		float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1); // finite: key c0 is valid
 		float corr0 = __expf(m0 - mn0), corr1 = __expf(m1 - mn1);
 		float rs0 = 0.f, rs1 = 0.f;
@@ -1057,21 +1055,13 @@ __global__ void __launch_bounds__(128) attn_mma_dec_kernel(const float *__restri
 				rs1 += b;
 			}
 		}
-		rs0 += __shfl_xor_sync(0xffffffffu, rs0, 1);
-		rs0 += __shfl_xor_sync(0xffffffffu, rs0, 2);
-		rs1 += __shfl_xor_sync(0xffffffffu, rs1, 1);
-		rs1 += __shfl_xor_sync(0xffffffffu, rs1, 2);
+		rs0 = quad_sum(rs0);
+		rs1 = quad_sum(rs1);
 		l0 = l0 * corr0 + rs0;
 		l1 = l1 * corr1 + rs1;
 		m0 = mn0;
 		m1 = mn1;
-#pragma unroll
-		for (int i = 0; i < 8; i++) {
-			o[i][0] *= corr0;
-			o[i][1] *= corr0;
-			o[i][2] *= corr1;
-			o[i][3] *= corr1;
-		}
+		scale_rows(o, corr0, corr1);
 #pragma unroll
 		for (int kk = 0; kk < 2; kk++) {
 			uint32_t pa[4] = {pack_bf16(sc[2 * kk][0], sc[2 * kk][1]), pack_bf16(sc[2 * kk][2], sc[2 * kk][3]),
