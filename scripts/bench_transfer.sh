@@ -25,11 +25,15 @@ GO=${GO:-go}
 ROUNDS=${ROUNDS:-1}
 VENV=${VENV:-.venv}
 command -v ucx_perftest >/dev/null || { echo "ucx_perftest not found: install Debian's ucx-utils (scripts/setup-native.sh)" >&2; exit 1; }
+columns=${BENCH_COLUMNS:-put_bw UCX UCX-RMA UCX-read NIXL am_bw put_bw-1.22}
 UCX_NEW_WHEEL=${UCX_NEW_WHEEL:-libucx-cu13==1.22.0}
-newpt=$(find "$VENV" -path '*/libucx/bin/ucx_perftest' -print -quit 2>/dev/null || true)
-if [ -z "$newpt" ]; then
-  "$VENV/bin/python" -m pip install -q --no-deps "$UCX_NEW_WHEEL" >&2 || echo "could not install $UCX_NEW_WHEEL: no put_bw-1.22 column" >&2
+newpt=
+if [[ " $columns " == *" put_bw-1.22 "* ]]; then
   newpt=$(find "$VENV" -path '*/libucx/bin/ucx_perftest' -print -quit 2>/dev/null || true)
+  if [ -z "$newpt" ]; then
+    "$VENV/bin/python" -m pip install -q --no-deps "$UCX_NEW_WHEEL" >&2 || echo "could not install $UCX_NEW_WHEEL: no put_bw-1.22 column" >&2
+    newpt=$(find "$VENV" -path '*/libucx/bin/ucx_perftest' -print -quit 2>/dev/null || true)
+  fi
 fi
 out=$(mktemp -d)
 srv=
@@ -47,14 +51,15 @@ $GO test -c -o "$out/nixl.test" ./transceiver/nixl/
 # PT (default ucx_perftest) and PT_LIB (its UCX's library folder, put
 # first on the library path) pick the perftest binary.
 perftest() {
-  local col=$1 t=$2 s n pt=${PT:-ucx_perftest} lib=${PT_LIB:-}
+  local col=$1 t=$2 s n pt=${PT:-ucx_perftest} ldp=${LD_LIBRARY_PATH:-}
+  if [ -n "${PT_LIB:-}" ]; then ldp=$PT_LIB${ldp:+:$ldp}; fi
   for s in $sizes; do
     n=$((256 * 1048576 / s)); [ $n -gt 20000 ] && n=20000
     for try in 1 2 3; do
       port=$((port + 1))
-      LD_LIBRARY_PATH=$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} "$pt" -p $port -e > "$out/srv" 2>&1 & srv=$!
+      LD_LIBRARY_PATH=$ldp "$pt" -p $port -e > "$out/srv" 2>&1 & srv=$!
       sleep 0.5
-      if LD_LIBRARY_PATH=$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} "$pt" 127.0.0.1 -p $port -t "$t" -s "$s" -n $n -e > "$out/cli" 2>&1; then break; fi
+      if LD_LIBRARY_PATH=$ldp "$pt" 127.0.0.1 -p $port -t "$t" -s "$s" -n $n -e > "$out/cli" 2>&1; then break; fi
       kill "$srv" 2>/dev/null || true
     done
     wait "$srv" 2>/dev/null || true
@@ -89,7 +94,6 @@ run_column() {
   esac
 }
 
-columns=${BENCH_COLUMNS:-put_bw UCX UCX-RMA UCX-read NIXL am_bw put_bw-1.22}
 : > "$out/results"
 for round in $(seq 1 "$ROUNDS"); do
   order=$columns
