@@ -457,6 +457,35 @@ func TestShapeModel(t *testing.T) {
 			worst = math.Max(worst, rel)
 		}
 	}
+	// Decode steps of 2 to 4 sequences, one token each at a case's last
+	// reference position (the keys and values before it are in place from
+	// the rounds above): the fused kernels for steps of a few tokens.
+	byName := map[string]int{}
+	for ci, c := range ref.Cases {
+		byName[c.Name] = ci
+	}
+	for _, group := range [][]string{{"p100", "p511"}, {"p7", "p1000", "p2048"}, {"p100", "p511", "decode", "p7"}} {
+		var seqs []compute.Seq
+		var who []int
+		for _, name := range group {
+			ci, ok := byName[name]
+			if !ok {
+				t.Fatalf("reference has no case %q", name)
+			}
+			c := ref.Cases[ci]
+			p := c.Positions[len(c.Positions)-1]
+			seqs = append(seqs, compute.Seq{Tokens: c.IDs[p : p+1], Start: p, Blocks: states[ci].blocks, Logits: compute.LogitsLast})
+			who = append(who, ci)
+		}
+		out, err := r.be.Forward(ctx, &compute.Batch{Seqs: seqs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, ci := range who {
+			rel, _ := check("batch", ci, len(ref.Cases[ci].Positions)-1, out.Row(i))
+			worst = math.Max(worst, rel)
+		}
+	}
 	fmt.Printf("SHAPE worst rel err %.3e\n", worst)
 	if !(worst < 0.05) {
 		t.Errorf("worst relative logits error %.3g over 0.05", worst)

@@ -715,8 +715,9 @@ __device__ __forceinline__ void scale_rows(float (&o)[8][4], float r0, float r1)
 // Prefill attention: a block serves a tile of up to 16 consecutive query
 // tokens of one sequence x the G heads of one kv head, warp w head kvh*G+w
 // (the MMA rows are the tile's tokens; two heads per warp, sharing every K
-// and V fragment, and blocks of 4 warps were measured slower). 64-key
-// chunks of K and V are copied into a two-stage shared-memory ring by
+// and V fragment, and blocks of 4 warps were measured slower). Chunks of
+// KC keys (64; 128 with DCU_PF_KC=128, in dynamic shared memory) of K and
+// V are copied into a two-stage shared-memory ring by
 // cp.async (the next chunk in flight while this one is used), both kept as
 // [key][dim] and read into MMA fragments with ldmatrix (.trans for V);
 // softmax in base 2; no mask on chunks wholly below the tile. Splits are
@@ -725,8 +726,9 @@ __device__ __forceinline__ void scale_rows(float (&o)[8][4], float r0, float r1)
 // normalized to out directly, the others as partial sums for the combine,
 // which leaves the former alone (its direct flag). Tiles are taken longest
 // first.
-#define FA_KC 64 // keys per chunk
+#define FA_KC 64 // keys per chunk (DCU_PF_KC: 64 or 128), and the split length's unit
 #define FA_S 72  // row stride of a staged chunk (bf16): 64 + 8, conflict-free ldmatrix
+static constexpr size_t fa_smem_bytes(int kc) { return sizeof(__nv_bfloat16) * 4 * kc * FA_S; }
 
 __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool ok) {
 	const unsigned d = (unsigned)__cvta_generic_to_shared(smem);
@@ -747,6 +749,7 @@ __device__ __forceinline__ void ldsm_x4_t(uint32_t *r, const void *smem) {
 	             : "r"(a));
 }
 
+template <int KC>
 __global__ void __launch_bounds__(256, 1) attn_fa_kernel(const float *__restrict__ q, const int32_t *__restrict__ pos,
                                                          const int32_t *__restrict__ btoff,
                                                          const int32_t *__restrict__ tables,
@@ -758,8 +761,9 @@ __global__ void __launch_bounds__(256, 1) attn_fa_kernel(const float *__restrict
                                                          float *__restrict__ pm, float *__restrict__ pl,
                                                          __nv_bfloat16 *__restrict__ out) {
 	constexpr int D = 64;
-	__shared__ __align__(16) __nv_bfloat16 ks[2][FA_KC * FA_S];
-	__shared__ __align__(16) __nv_bfloat16 vs[2][FA_KC * FA_S];
+	extern __shared__ __align__(16) unsigned char fa_smem[]; // fa_smem_bytes(KC)
+	__nv_bfloat16(*ks)[KC * FA_S] = (__nv_bfloat16(*)[KC * FA_S])fa_smem;
+	__nv_bfloat16(*vs)[KC * FA_S] = ks + 2;
 	const int tile = gridDim.x - 1 - blockIdx.x, kvh = blockIdx.y, s = blockIdx.z;
 	const int G = nh / nkv;
 	const int t0 = tile_first[tile], tl = tile_len[tile];
@@ -773,10 +777,10 @@ __global__ void __launch_bounds__(256, 1) attn_fa_kernel(const float *__restrict
 	const int h = kvh * G + warp;
 	const int32_t *bt = tables + btoff[t0];
 	const size_t plane = (size_t)tpb * nkv * D;
-	// stage the chunk of keys [c0, c0+FA_KC) (zeros past k1)
+	// stage the chunk of keys [c0, c0+KC) (zeros past k1)
 	auto stage = [&](int buf, int c0) {
 		const int d8 = (threadIdx.x & 7) * 8;
-		for (int j = threadIdx.x >> 3; j < FA_KC; j += blockDim.x >> 3) {
+		for (int j = threadIdx.x >> 3; j < KC; j += blockDim.x >> 3) {
 			const int key = c0 + j;
 			const bool ok = key < k1;
 			const __nv_bfloat16 *src = kv_layer;
@@ -815,19 +819,19 @@ __global__ void __launch_bounds__(256, 1) attn_fa_kernel(const float *__restrict
 	// ldmatrix lane addresses: matrix mi = lane/8, its row lane%8
 	const int mi = lane >> 3, mr = lane & 7;
 	int buf = 0;
-	for (int c0 = k0; c0 < k1; c0 += FA_KC, buf ^= 1) {
-		if (c0 + FA_KC < k1) {
-			stage(buf ^ 1, c0 + FA_KC);
+	for (int c0 = k0; c0 < k1; c0 += KC, buf ^= 1) {
+		if (c0 + KC < k1) {
+			stage(buf ^ 1, c0 + KC);
 			asm volatile("cp.async.wait_group 1;\n" ::);
 		} else {
 			asm volatile("cp.async.wait_group 0;\n" ::);
 		}
 		__syncthreads();
 		const __nv_bfloat16 *K = ks[buf], *Vv = vs[buf];
-		// S = Q K^T: 8 n-tiles of 8 keys; one ldmatrix.x4 gives two k-steps of one n-tile
-		float sc[8][4];
+		// S = Q K^T: KC/8 n-tiles of 8 keys; one ldmatrix.x4 gives two k-steps of one n-tile
+		float sc[KC / 8][4];
 #pragma unroll
-		for (int nt = 0; nt < 8; nt++) {
+		for (int nt = 0; nt < KC / 8; nt++) {
 			sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
 #pragma unroll
 			for (int kp = 0; kp < 2; kp++) {
@@ -838,9 +842,9 @@ __global__ void __launch_bounds__(256, 1) attn_fa_kernel(const float *__restrict
 			}
 		}
 		// causal mask and the end of the split, only where the chunk reaches them
-		if (c0 + FA_KC > p0 || c0 + FA_KC > k1) {
+		if (c0 + KC > p0 || c0 + KC > k1) {
 #pragma unroll
-			for (int nt = 0; nt < 8; nt++) {
+			for (int nt = 0; nt < KC / 8; nt++) {
 #pragma unroll
 				for (int u = 0; u < 2; u++) {
 					const int key = c0 + nt * 8 + 2 * tq + u;
@@ -850,13 +854,13 @@ __global__ void __launch_bounds__(256, 1) attn_fa_kernel(const float *__restrict
 				}
 			}
 		}
-		// online softmax of the two rows (a row's 64 values live in one quad); P as
-		// A fragments of the 4 k-steps of 16 keys
-		uint32_t pa[4][4];
+		// online softmax of the two rows (a row's KC values live in one quad); P as
+		// A fragments of the KC/16 k-steps of 16 keys
+		uint32_t pa[KC / 16][4];
 		{
 			float mx0 = m[0], mx1 = m[1];
 #pragma unroll
-			for (int nt = 0; nt < 8; nt++) {
+			for (int nt = 0; nt < KC / 8; nt++) {
 				mx0 = fmaxf(mx0, fmaxf(sc[nt][0], sc[nt][1]) * sl2);
 				mx1 = fmaxf(mx1, fmaxf(sc[nt][2], sc[nt][3]) * sl2);
 			}
@@ -867,7 +871,7 @@ __global__ void __launch_bounds__(256, 1) attn_fa_kernel(const float *__restrict
 			const float corr0 = exp2f(m[0] - b0), corr1 = exp2f(m[1] - b1);
 			float rs0 = 0.f, rs1 = 0.f;
 #pragma unroll
-			for (int nt = 0; nt < 8; nt++) {
+			for (int nt = 0; nt < KC / 8; nt++) {
 				const float e0 = exp2f(fmaf(sc[nt][0], sl2, -b0)), e1 = exp2f(fmaf(sc[nt][1], sl2, -b0));
 				const float e2 = exp2f(fmaf(sc[nt][2], sl2, -b1)), e3 = exp2f(fmaf(sc[nt][3], sl2, -b1));
 				rs0 += e0 + e1;
@@ -883,9 +887,9 @@ __global__ void __launch_bounds__(256, 1) attn_fa_kernel(const float *__restrict
 			m[1] = mx1;
 			scale_rows(o, corr0, corr1);
 		}
-		// O += P V: 4 k-steps of 16 keys; one ldmatrix.x4.trans gives two n-tiles of 8 dims
+		// O += P V: KC/16 k-steps of 16 keys; one ldmatrix.x4.trans gives two n-tiles of 8 dims
 #pragma unroll
-		for (int kk = 0; kk < 4; kk++) {
+		for (int kk = 0; kk < KC / 16; kk++) {
 #pragma unroll
 			for (int np = 0; np < 4; np++) {
 				uint32_t b[4];
@@ -1118,39 +1122,14 @@ __global__ void __launch_bounds__(128) attn_mma_dec_kernel(const float *__restri
 	}
 }
 
-// Combine the splits: out[t][h*D+d] = sum_s acc_s e^{m_s-M} / sum_s l_s e^{m_s-M}.
-// One thread per d (blockDim >= D).
-// WIDE (small grids: decode steps): the splits are taken 16 at a time with
-// every load of a group issued before the first is used, so the combine
-// costs about one trip to memory per group (it is on the critical path of
-// every decode step), with the running sums rescaled between groups. Its
-// registers cost occupancy, so large grids (prefill) loop split by split.
-// PDL: launched with programmatic dependent launch (the fused decode path).
-template <bool PDL, bool WIDE, typename O = __nv_bfloat16>
-__global__ void attn_reduce_kernel(const int32_t *__restrict__ pos, const float *__restrict__ pacc,
-                                   const float *__restrict__ pm, const float *__restrict__ pl, int nh, int D,
-                                   int P, int nsplit, int direct, O *__restrict__ out) {
-	if (PDL) {
-		pdl_trigger();
-		pdl_wait();
-	}
-	constexpr int NB = WIDE ? 16 : 1;
-	const int t = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
-	const int ns = pos[t] / P + 1;
-	if (direct && ns == 1) return; // the attention kernel wrote this row itself
-	const size_t base = ((size_t)t * nh + h) * nsplit;
-	if (!WIDE) {
-		float M = -INFINITY;
-		for (int s = 0; s < ns; s++) M = fmaxf(M, pm[base + s]);
-		float L = 0.f, a = 0.f;
-		for (int s = 0; s < ns; s++) {
-			const float w = __expf(pm[base + s] - M);
-			L += pl[base + s] * w;
-			if (d < D) a += pacc[(base + s) * D + d] * w;
-		}
-		if (d < D) out[((size_t)t * nh + h) * D + d] = fromf<O>(a / L);
-		return;
-	}
+// One output value of a combined head: sum_s acc_s e^{m_s-M} / sum_s l_s
+// e^{m_s-M} over the ns splits at base, for dim d (d >= D: 0). The splits
+// are taken 16 at a time with every load of a group issued before the
+// first is used, so the combine costs about one trip to memory per group,
+// with the running sums rescaled between groups.
+__device__ __forceinline__ float combine_wide(const float *__restrict__ pacc, const float *__restrict__ pm,
+                                              const float *__restrict__ pl, size_t base, int ns, int D, int d) {
+	constexpr int NB = 16;
 	float M = -INFINITY, L = 0.f, a = 0.f;
 	for (int s0 = 0; s0 < ns; s0 += NB) {
 		float mv[NB], lv[NB], av[NB];
@@ -1176,7 +1155,41 @@ __global__ void attn_reduce_kernel(const int32_t *__restrict__ pos, const float 
 		}
 		M = Mn;
 	}
-	if (d < D) out[((size_t)t * nh + h) * D + d] = fromf<O>(a / L);
+	return a / L;
+}
+
+// Combine the splits: out[t][h*D+d] = sum_s acc_s e^{m_s-M} / sum_s l_s e^{m_s-M}.
+// One thread per d (blockDim >= D).
+// WIDE (small grids: decode steps): combine_wide, one trip to memory per 16
+// splits (it is on the critical path of every decode step). Its registers
+// cost occupancy, so large grids (prefill) loop split by split.
+// PDL: launched with programmatic dependent launch (the fused decode path).
+template <bool PDL, bool WIDE, typename O = __nv_bfloat16>
+__global__ void attn_reduce_kernel(const int32_t *__restrict__ pos, const float *__restrict__ pacc,
+                                   const float *__restrict__ pm, const float *__restrict__ pl, int nh, int D,
+                                   int P, int nsplit, int direct, O *__restrict__ out) {
+	if (PDL) {
+		pdl_trigger();
+		pdl_wait();
+	}
+	const int t = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
+	const int ns = pos[t] / P + 1;
+	if (direct && ns == 1) return; // the attention kernel wrote this row itself
+	const size_t base = ((size_t)t * nh + h) * nsplit;
+	if (!WIDE) {
+		float M = -INFINITY;
+		for (int s = 0; s < ns; s++) M = fmaxf(M, pm[base + s]);
+		float L = 0.f, a = 0.f;
+		for (int s = 0; s < ns; s++) {
+			const float w = __expf(pm[base + s] - M);
+			L += pl[base + s] * w;
+			if (d < D) a += pacc[(base + s) * D + d] * w;
+		}
+		if (d < D) out[((size_t)t * nh + h) * D + d] = fromf<O>(a / L);
+		return;
+	}
+	const float a = combine_wide(pacc, pm, pl, base, ns, D, d);
+	if (d < D) out[((size_t)t * nh + h) * D + d] = fromf<O>(a);
 }
 
 // act[t][i] = W(silu(gu[t][i]) * gu[t][I+i]); grid (ceil(I/256), T)
@@ -1360,7 +1373,19 @@ struct FgArgs {
 	unsigned long long *amax;
 	unsigned *amax_count;
 	int32_t *ids_out;
+	// O's output not yet added to the residual (ohead_kernel, DCU_OHEAD):
+	// [NT][in] in 32.32 fixed point. Gate/Up's RMSNorm adds it to xf; Down's
+	// FG_RESID epilogue adds it to Y and zeroes it for the next layer.
+	unsigned long long *oacc;
 };
+
+// 32.32 fixed point for sums that blocks add with atomics: integer adds
+// give the same result in any order, so a step's output does not depend on
+// which block came first.
+__device__ __forceinline__ unsigned long long f2fx(float v) {
+	return (unsigned long long)__float2ll_rn(v * 4294967296.f);
+}
+__device__ __forceinline__ float fx2f(unsigned long long v) { return __ll2float_rn((long long)v) * 0x1p-32f; }
 
 // A (logit, id) pair as one integer that orders as argmax_kernel does: the
 // larger logit, and of equal logits the smaller id; a NaN never beats a
@@ -1457,7 +1482,13 @@ __device__ __forceinline__ void fg_epilogue(const FgArgs &a, int u, int r0, int 
                                             const FgPre &pre) {
 	if (MODE == FG_STORE || MODE == FG_RESID) {
 		float *y = a.Y + (size_t)t * a.out;
-		y[r0] = MODE == FG_RESID ? (u == pre.u ? pre.y : y[r0]) + x1 : x1;
+		if (MODE == FG_RESID && a.oacc) {
+			unsigned long long *p = a.oacc + (size_t)t * a.out + r0;
+			const float base = u == pre.u ? pre.y : y[r0] + fx2f(*p); // pre.y holds it already
+			*p = 0;
+			y[r0] = base + x1;
+		} else
+			y[r0] = MODE == FG_RESID ? (u == pre.u ? pre.y : y[r0]) + x1 : x1;
 		if (r1 >= 0) y[r1] = MODE == FG_RESID ? y[r1] + x2 : x2;
 	} else if (MODE == FG_SILU) {
 		const int I = a.out / 2;
@@ -1511,6 +1542,7 @@ template <int NT>
 __device__ __forceinline__ void fg_norm(const FgArgs &a, __nv_bfloat16 *xs) {
 	for (int t = 0; t < NT; t++) {
 		const float *xr = a.xf + (size_t)(a.rows ? a.rows[t] : t) * a.in;
+		const unsigned long long *oa = a.oacc ? a.oacc + (size_t)t * a.in : nullptr; // rows is null then
 		__nv_bfloat16 *o = xs + (size_t)t * a.in;
 		if (a.in % 1024 == 0 && a.in <= 4096 && blockDim.x == 256) {
 			const int J = a.in / 1024;
@@ -1519,6 +1551,23 @@ __device__ __forceinline__ void fg_norm(const FgArgs &a, __nv_bfloat16 *xs) {
 #pragma unroll
 			for (int j = 0; j < 4; j++)
 				if (j < J) v[j] = ((const float4 *)xr)[threadIdx.x + 256 * j];
+			if (oa) {
+				ulonglong2 p[4][2];
+#pragma unroll
+				for (int j = 0; j < 4; j++)
+					if (j < J) {
+						p[j][0] = ((const ulonglong2 *)oa)[2 * (threadIdx.x + 256 * j)];
+						p[j][1] = ((const ulonglong2 *)oa)[2 * (threadIdx.x + 256 * j) + 1];
+					}
+#pragma unroll
+				for (int j = 0; j < 4; j++)
+					if (j < J) {
+						v[j].x += fx2f(p[j][0].x);
+						v[j].y += fx2f(p[j][0].y);
+						v[j].z += fx2f(p[j][1].x);
+						v[j].w += fx2f(p[j][1].y);
+					}
+			}
 #pragma unroll
 			for (int j = 0; j < 4; j++)
 				if (j < J) ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
@@ -1535,11 +1584,12 @@ __device__ __forceinline__ void fg_norm(const FgArgs &a, __nv_bfloat16 *xs) {
 					o2[1] = __floats2bfloat162_rn(v[j].z * inv * w1.x, v[j].w * inv * w1.y);
 				}
 		} else {
+			auto xv = [&](int k) { return oa ? xr[k] + fx2f(oa[k]) : xr[k]; };
 			float ss = 0.f;
-			for (int k = threadIdx.x; k < a.in; k += blockDim.x) ss += xr[k] * xr[k];
+			for (int k = threadIdx.x; k < a.in; k += blockDim.x) ss += xv(k) * xv(k);
 			ss = block_sum(ss);
 			const float inv = rsqrtf(ss / (float)a.in + a.eps);
-			for (int k = threadIdx.x; k < a.in; k += blockDim.x) o[k] = __float2bfloat16(xr[k] * inv * __bfloat162float(a.norm[k]));
+			for (int k = threadIdx.x; k < a.in; k += blockDim.x) o[k] = __float2bfloat16(xv(k) * inv * __bfloat162float(a.norm[k]));
 		}
 	}
 }
@@ -1589,6 +1639,7 @@ __global__ void __launch_bounds__(256, 2) fgemv_kernel(FgArgs a, int units) {
 	pdl_wait();
 	if (MODE == FG_RESID && a.pre && u < units && lane < NT) {
 		pre.y = a.Y[(size_t)lane * a.out + r0];
+		if (a.oacc) pre.y += fx2f(a.oacc[(size_t)lane * a.out + r0]);
 		pre.u = u;
 	}
 	if (a.norm) {
@@ -1752,6 +1803,85 @@ template <int MODE>
 static cudaError_t fg_allow_smem(int bytes) {
 	cudaError_t e = fg_allow_smem_ks<MODE, 1>(bytes);
 	return e == cudaSuccess ? fg_allow_smem_ks<MODE, 2>(bytes) : e;
+}
+
+// O for steps of a few tokens with the split-combine in its prologue
+// (DCU_OHEAD), so that the combine needs no kernel of its own. A block
+// takes a slice of OH_KW inputs (256 / D heads) and OH_RW rows per warp:
+// its weights, one 16-byte load per lane and row, are all in flight before
+// griddepcontrol.wait; after it, each thread combines one (head, dim) of
+// the slice from the attention's partial results (about one trip to memory)
+// into shared memory, and each warp adds its rows' dot products to oacc in
+// fixed point (FgArgs.oacc), where Gate/Up and Down pick them up. Every
+// block reads only its slice's partial results. Grid (in / OH_KW,
+// ceil(out / (8 OH_RW))), 256 threads; needs in % OH_KW == 0 and D | OH_KW.
+constexpr int OH_KW = 256, OH_RW = 8;
+template <int NT>
+__global__ void __launch_bounds__(256, 2)
+    ohead_kernel(const __nv_bfloat16 *__restrict__ W, int out, int in, int nh, int D, const int32_t *__restrict__ pos,
+                 int P, int nsplit, const float *__restrict__ pacc, const float *__restrict__ pm,
+                 const float *__restrict__ pl, unsigned long long *__restrict__ oacc) {
+	__shared__ __align__(16) __nv_bfloat16 xs[NT][OH_KW];
+	const int ks = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	const int row0 = blockIdx.y * 8 * OH_RW + warp; // this warp's rows: row0 + 8 i
+	uint4 w[OH_RW];
+#pragma unroll
+	for (int i = 0; i < OH_RW; i++) {
+		const int r = row0 + 8 * i;
+		if (r < out) w[i] = ld_stream((const uint4 *)(W + (size_t)r * in + (size_t)ks * OH_KW) + lane);
+	}
+	pdl_trigger();
+	int ns[NT];
+#pragma unroll
+	for (int t = 0; t < NT; t++) ns[t] = pos[t] / P + 1; // a step input: no kernel writes it
+	pdl_wait();
+	{
+		const int hl = threadIdx.x / D, d = threadIdx.x % D, h = ks * (OH_KW / D) + hl;
+#pragma unroll
+		for (int t = 0; t < NT; t++)
+			xs[t][threadIdx.x] =
+			    __float2bfloat16(combine_wide(pacc, pm, pl, ((size_t)t * nh + h) * nsplit, ns[t], D, d));
+	}
+	__syncthreads();
+	float2 x[NT][4];
+#pragma unroll
+	for (int t = 0; t < NT; t++) {
+		const uint4 xv = ((const uint4 *)xs[t])[lane];
+		const __nv_bfloat162 *x2 = (const __nv_bfloat162 *)&xv;
+#pragma unroll
+		for (int u = 0; u < 4; u++) x[t][u] = __bfloat1622float2(x2[u]);
+	}
+#pragma unroll
+	for (int i = 0; i < OH_RW; i++) {
+		const int r = row0 + 8 * i;
+		if (r >= out) break;
+		const __nv_bfloat162 *w2 = (const __nv_bfloat162 *)&w[i];
+		float2 wf[4];
+#pragma unroll
+		for (int u = 0; u < 4; u++) wf[u] = __bfloat1622float2(w2[u]);
+#pragma unroll
+		for (int t = 0; t < NT; t++) {
+			float v = 0.f;
+#pragma unroll
+			for (int u = 0; u < 4; u++) v += wf[u].x * x[t][u].x + wf[u].y * x[t][u].y;
+			v = warp_sum(v);
+			if (lane == 0) atomicAdd(oacc + (size_t)t * out + r, f2fx(v));
+		}
+	}
+}
+
+static bool ohead_fits(int in, int D) { return D > 0 && in % OH_KW == 0 && OH_KW % D == 0; }
+
+static cudaError_t ohead_launch(int nt, const __nv_bfloat16 *W, int out, int in, int nh, int D, const int32_t *pos, int P,
+                                int nsplit, const float *pacc, const float *pm, const float *pl,
+                                unsigned long long *oacc, int pdl, cudaStream_t s) {
+	PdlLaunch l(dim3(in / OH_KW, (out + 8 * OH_RW - 1) / (8 * OH_RW)), dim3(256), 0, s, pdl);
+	switch (nt) {
+	case 1: return cudaLaunchKernelEx(&l.cfg, ohead_kernel<1>, W, out, in, nh, D, pos, P, nsplit, pacc, pm, pl, oacc);
+	case 2: return cudaLaunchKernelEx(&l.cfg, ohead_kernel<2>, W, out, in, nh, D, pos, P, nsplit, pacc, pm, pl, oacc);
+	case 3: return cudaLaunchKernelEx(&l.cfg, ohead_kernel<3>, W, out, in, nh, D, pos, P, nsplit, pacc, pm, pl, oacc);
+	default: return cudaLaunchKernelEx(&l.cfg, ohead_kernel<4>, W, out, in, nh, D, pos, P, nsplit, pacc, pm, pl, oacc);
+	}
 }
 
 // ---------------------------------------------------------------------------
@@ -2006,6 +2136,7 @@ struct dcu_model {
 	int use_dec;           // the decode kernel (tiles of one token, batch >= dec_min)
 	int use_mma;           // the tensor-core prefill kernel (tiles of up to 16 tokens)
 	int pf_p;              // its split (DCU_PF_P keys)
+	int pf_kc;             // its keys per chunk (DCU_PF_KC: 64 or 128)
 	// tuning knobs (environment, for experiments): DCU_FILL blocks per SM the
 	// split plan aims at, DCU_PMAX the longest split (<= 512), DCU_DEC_MIN the
 	// smallest batch for the decode kernel
@@ -2028,6 +2159,8 @@ struct dcu_model {
 	int fg_pre;     // DCU_FG_PRE: epilogue inputs loaded ahead (FgPre)
 	int fg_amax;    // DCU_FG_AMAX: the argmax folded into the LM head (FgArgs.amax)
 	unsigned long long *d_amax; // its keys, [4], then its block counter; zero between steps
+	int ohead; // DCU_OHEAD: O with the split-combine in its prologue (ohead_kernel) in fused steps
+	unsigned long long *oacc; // its output, [fuse_max][hidden] fixed point; zero between steps
 	int fg_occ_mask; // DCU_FG_OCC_MASK: which matrices DCU_FG_OCC applies to (bits as DCU_BULK)
 	int fg_bal;    // equal units per warp where a smaller grid allows it (DCU_FG_BAL=1)
 	// the bulk-copy GEMV for the fused path, per matrix (DCU_BULK: 1 all, or
@@ -2192,6 +2325,7 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 	if (m->pmin > m->pmax) m->pmin = m->pmax;
 	m->mma_dec = !(getenv("DCU_NO_MMA") && getenv("DCU_NO_MMA")[0] == '1');
 	m->pf_p = env_int("DCU_PF_P", 4096, FA_KC, 1 << 20) / FA_KC * FA_KC;
+	m->pf_kc = env_int("DCU_PF_KC", FA_KC, FA_KC, 128) == 128 ? 128 : FA_KC;
 	m->fuse = m->use_gemv && !(getenv("DCU_NO_FUSE") && getenv("DCU_NO_FUSE")[0] == '1');
 	m->pdl = !(getenv("DCU_NO_PDL") && getenv("DCU_NO_PDL")[0] == '1');
 	m->gu_bf16 = !(getenv("DCU_GU_F32") && getenv("DCU_GU_F32")[0] == '1');
@@ -2208,6 +2342,7 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 	m->fg_bal = env_int("DCU_FG_BAL", 0, 0, 1);
 	m->fg_pre = env_int("DCU_FG_PRE", 1, 0, 1);
 	m->fg_amax = env_int("DCU_FG_AMAX", 1, 0, 1);
+	m->ohead = env_int("DCU_OHEAD", 0, 0, 1);
 	m->fg_occ_mask = env_int("DCU_FG_OCC_MASK", 62, 0, 63);
 	m->bulk_smem = env_int("DCU_BULK_SMEM", 88, 16, 200) * 1024;
 	CK(cudaEventCreate(&m->ev0));
@@ -2262,9 +2397,14 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 			CK(bk_allow_smem<FG_ROPE>(most));
 		}
 	}
+	CK(cudaFuncSetAttribute(attn_fa_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)fa_smem_bytes(128)));
 	CK(cudaMalloc((void **)&m->inv_freq, sizeof(float) * c.head_dim / 2));
 	CK(cudaMalloc((void **)&m->d_amax, sizeof(unsigned long long) * 5));
 	CK(cudaMemset(m->d_amax, 0, sizeof(unsigned long long) * 5));
+	if (m->fuse) {
+		CK(cudaMalloc((void **)&m->oacc, sizeof(unsigned long long) * m->fuse_max * H));
+		CK(cudaMemset(m->oacc, 0, sizeof(unsigned long long) * m->fuse_max * H));
+	}
 	CK(cudaMemcpy(m->inv_freq, inv_freq, sizeof(float) * c.head_dim / 2, cudaMemcpyHostToDevice));
 	// dynamic shared memory of the attention kernel may exceed 48 KB for large heads
 	int G = c.heads / c.kv_heads;
@@ -2521,6 +2661,9 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 	const int fa_direct = m->use_mma;
 	// the argmax folded into the LM head (DCU_FG_AMAX)
 	const bool amax_fold = fused && want_argmax && m->fg_amax && R > 0 && R <= m->fuse_max && !(m->bulk & 32);
+	// O with the combine in its prologue: every row's partial results in pacc
+	// (not the prefill kernel's directly written rows)
+	const bool ohead = fused && m->ohead && m->oacc && !m->use_mma && !m->bulk && ohead_fits(nh * D, D);
 	MARK(-1);
 	if (!(skip & 256)) {
 		embed_kernel<<<T, 256, 0, s>>>(tokens, m->d_argmax, m->embed, m->x, H);
@@ -2567,7 +2710,8 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 		}
 		if (skip & 2) {
 		} else if (m->use_mma) {
-			attn_fa_kernel<<<dim3(m->nt, nkv, nsplit), 32 * G, 0, s>>>(m->q, pos, btoff, tables, tile_first, tile_len,
+			(m->pf_kc == 128 ? attn_fa_kernel<128> : attn_fa_kernel<FA_KC>)<<<dim3(m->nt, nkv, nsplit), 32 * G,
+			                                                                   fa_smem_bytes(m->pf_kc), s>>>(m->q, pos, btoff, tables, tile_first, tile_len,
 			                                                           kv_layer, block_stride, nh, nkv,
 			                                                           c.tokens_per_block, P, nsplit, scale, m->pacc,
 			                                                           m->pm, m->pl, m->attn);
@@ -2591,7 +2735,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 		}
 		CKL();
 		MARK(4);
-		if (!(skip & 4) && !(fa_direct && nsplit == 1)) {
+		if (!(skip & 4) && !(fa_direct && nsplit == 1) && !ohead) {
 			PdlLaunch rl(dim3(T, nh), dim3(D < 32 ? 32 : (D > 256 ? 256 : D)), 0, s, fused && pdl);
 			// the one-trip combine while the grid is small (decode), the loop otherwise
 			const bool wide = (size_t)T * nh <= (size_t)16 * m->sms;
@@ -2609,8 +2753,14 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.out = H;
 			fa.in = nh * D;
 			fa.Y = m->x;
-			if (!(skip & 8)) CK(fused_gemv<FG_RESID>(m, 4, T, fa, m->fg_b1, pdl, s, m->fg_split & 4 ? 2 : 1));
+			if (skip & 8) {
+			} else if (ohead) {
+				CK(ohead_launch(T, L.o, H, nh * D, nh, D, pos, P, nsplit, m->pacc, m->pm, m->pl, m->oacc, pdl, s));
+			} else {
+				CK(fused_gemv<FG_RESID>(m, 4, T, fa, m->fg_b1, pdl, s, m->fg_split & 4 ? 2 : 1));
+			}
 			MARK(6);
+			fa.oacc = ohead ? m->oacc : nullptr; // Gate/Up's norm and Down's residual add O's output
 			fa.W = L.gate_up;
 			fa.norm = L.mlp_norm;
 			fa.xf = m->x;
@@ -2627,6 +2777,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.Y = m->x;
 			if (!(skip & 32)) CK(fused_gemv<FG_RESID>(m, 16, T, fa, m->fg_b1, pdl, s, m->fg_split & 4 ? 2 : 1));
 			MARK(9);
+			fa.oacc = nullptr;
 			continue;
 		}
 		if (!gemm(m, L.o, m->attn, m->x, H, T, nh * D, 1.f, st)) return 0;
@@ -2872,7 +3023,7 @@ extern "C" int dcu_model_destroy(dcu_model *m, dcu_status *st) {
 	cudaFree(m->logits); cudaFree(m->d_argmax); cudaFree(m->d_ints); cudaFreeHost(m->h_ints[0]); cudaFreeHost(m->h_ints[1]);
 	for (auto e : m->ev_ints) if (e) cudaEventDestroy(e);
 	cudaFree(m->pacc); cudaFree(m->pm); cudaFree(m->pl);
-	cudaFree(m->wbuf); cudaFree(m->inv_freq); cudaFree(m->d_amax);
+	cudaFree(m->wbuf); cudaFree(m->inv_freq); cudaFree(m->d_amax); cudaFree(m->oacc);
 	for (auto e : m->prof_ev) cudaEventDestroy(e);
 	if (m->ev0) cudaEventDestroy(m->ev0);
 	if (m->ev1) cudaEventDestroy(m->ev1);
