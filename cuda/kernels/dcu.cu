@@ -716,8 +716,8 @@ __device__ __forceinline__ void scale_rows(float (&o)[8][4], float r0, float r1)
 // tokens of one sequence x the G heads of one kv head, warp w head kvh*G+w
 // (the MMA rows are the tile's tokens; two heads per warp, sharing every K
 // and V fragment, and blocks of 4 warps were measured slower). Chunks of
-// KC keys (64; 128 with DCU_PF_KC=128, in dynamic shared memory) of K and
-// V are copied into a two-stage shared-memory ring by
+// KC keys (128, in dynamic shared memory; 64 with DCU_PF_KC=64, which
+// measured about 1 % slower at 2048 tokens) of K and V are copied into a two-stage shared-memory ring by
 // cp.async (the next chunk in flight while this one is used), both kept as
 // [key][dim] and read into MMA fragments with ldmatrix (.trans for V);
 // softmax in base 2; no mask on chunks wholly below the tile. Splits are
@@ -726,7 +726,7 @@ __device__ __forceinline__ void scale_rows(float (&o)[8][4], float r0, float r1)
 // normalized to out directly, the others as partial sums for the combine,
 // which leaves the former alone (its direct flag). Tiles are taken longest
 // first.
-#define FA_KC 64 // keys per chunk (DCU_PF_KC: 64 or 128), and the split length's unit
+#define FA_KC 64 // the fewer keys per chunk (DCU_PF_KC=64), and the split length's unit
 #define FA_S 72  // row stride of a staged chunk (bf16): 64 + 8, conflict-free ldmatrix
 static constexpr size_t fa_smem_bytes(int kc) { return sizeof(__nv_bfloat16) * 4 * kc * FA_S; }
 
@@ -1122,14 +1122,39 @@ __global__ void __launch_bounds__(128) attn_mma_dec_kernel(const float *__restri
 	}
 }
 
-// One output value of a combined head: sum_s acc_s e^{m_s-M} / sum_s l_s
-// e^{m_s-M} over the ns splits at base, for dim d (d >= D: 0). The splits
-// are taken 16 at a time with every load of a group issued before the
-// first is used, so the combine costs about one trip to memory per group,
-// with the running sums rescaled between groups.
-__device__ __forceinline__ float combine_wide(const float *__restrict__ pacc, const float *__restrict__ pm,
-                                              const float *__restrict__ pl, size_t base, int ns, int D, int d) {
-	constexpr int NB = 16;
+// Combine the splits: out[t][h*D+d] = sum_s acc_s e^{m_s-M} / sum_s l_s e^{m_s-M}.
+// One thread per d (blockDim >= D).
+// WIDE (small grids: decode steps): the splits are taken 16 at a time with
+// every load of a group issued before the first is used, so the combine
+// costs about one trip to memory per group (it is on the critical path of
+// every decode step), with the running sums rescaled between groups. Its
+// registers cost occupancy, so large grids (prefill) loop split by split.
+// PDL: launched with programmatic dependent launch (the fused decode path).
+template <bool PDL, bool WIDE, typename O = __nv_bfloat16>
+__global__ void attn_reduce_kernel(const int32_t *__restrict__ pos, const float *__restrict__ pacc,
+                                   const float *__restrict__ pm, const float *__restrict__ pl, int nh, int D,
+                                   int P, int nsplit, int direct, O *__restrict__ out) {
+	if (PDL) {
+		pdl_trigger();
+		pdl_wait();
+	}
+	constexpr int NB = WIDE ? 16 : 1;
+	const int t = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
+	const int ns = pos[t] / P + 1;
+	if (direct && ns == 1) return; // the attention kernel wrote this row itself
+	const size_t base = ((size_t)t * nh + h) * nsplit;
+	if (!WIDE) {
+		float M = -INFINITY;
+		for (int s = 0; s < ns; s++) M = fmaxf(M, pm[base + s]);
+		float L = 0.f, a = 0.f;
+		for (int s = 0; s < ns; s++) {
+			const float w = __expf(pm[base + s] - M);
+			L += pl[base + s] * w;
+			if (d < D) a += pacc[(base + s) * D + d] * w;
+		}
+		if (d < D) out[((size_t)t * nh + h) * D + d] = fromf<O>(a / L);
+		return;
+	}
 	float M = -INFINITY, L = 0.f, a = 0.f;
 	for (int s0 = 0; s0 < ns; s0 += NB) {
 		float mv[NB], lv[NB], av[NB];
@@ -1155,41 +1180,7 @@ __device__ __forceinline__ float combine_wide(const float *__restrict__ pacc, co
 		}
 		M = Mn;
 	}
-	return a / L;
-}
-
-// Combine the splits: out[t][h*D+d] = sum_s acc_s e^{m_s-M} / sum_s l_s e^{m_s-M}.
-// One thread per d (blockDim >= D).
-// WIDE (small grids: decode steps): combine_wide, one trip to memory per 16
-// splits (it is on the critical path of every decode step). Its registers
-// cost occupancy, so large grids (prefill) loop split by split.
-// PDL: launched with programmatic dependent launch (the fused decode path).
-template <bool PDL, bool WIDE, typename O = __nv_bfloat16>
-__global__ void attn_reduce_kernel(const int32_t *__restrict__ pos, const float *__restrict__ pacc,
-                                   const float *__restrict__ pm, const float *__restrict__ pl, int nh, int D,
-                                   int P, int nsplit, int direct, O *__restrict__ out) {
-	if (PDL) {
-		pdl_trigger();
-		pdl_wait();
-	}
-	const int t = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
-	const int ns = pos[t] / P + 1;
-	if (direct && ns == 1) return; // the attention kernel wrote this row itself
-	const size_t base = ((size_t)t * nh + h) * nsplit;
-	if (!WIDE) {
-		float M = -INFINITY;
-		for (int s = 0; s < ns; s++) M = fmaxf(M, pm[base + s]);
-		float L = 0.f, a = 0.f;
-		for (int s = 0; s < ns; s++) {
-			const float w = __expf(pm[base + s] - M);
-			L += pl[base + s] * w;
-			if (d < D) a += pacc[(base + s) * D + d] * w;
-		}
-		if (d < D) out[((size_t)t * nh + h) * D + d] = fromf<O>(a / L);
-		return;
-	}
-	const float a = combine_wide(pacc, pm, pl, base, ns, D, d);
-	if (d < D) out[((size_t)t * nh + h) * D + d] = fromf<O>(a);
+	if (d < D) out[((size_t)t * nh + h) * D + d] = fromf<O>(a / L);
 }
 
 // act[t][i] = W(silu(gu[t][i]) * gu[t][I+i]); grid (ceil(I/256), T)
@@ -1373,19 +1364,7 @@ struct FgArgs {
 	unsigned long long *amax;
 	unsigned *amax_count;
 	int32_t *ids_out;
-	// O's output not yet added to the residual (ohead_kernel, DCU_OHEAD):
-	// [NT][in] in 32.32 fixed point. Gate/Up's RMSNorm adds it to xf; Down's
-	// FG_RESID epilogue adds it to Y and zeroes it for the next layer.
-	unsigned long long *oacc;
 };
-
-// 32.32 fixed point for sums that blocks add with atomics: integer adds
-// give the same result in any order, so a step's output does not depend on
-// which block came first.
-__device__ __forceinline__ unsigned long long f2fx(float v) {
-	return (unsigned long long)__float2ll_rn(v * 4294967296.f);
-}
-__device__ __forceinline__ float fx2f(unsigned long long v) { return __ll2float_rn((long long)v) * 0x1p-32f; }
 
 // A (logit, id) pair as one integer that orders as argmax_kernel does: the
 // larger logit, and of equal logits the smaller id; a NaN never beats a
@@ -1482,13 +1461,7 @@ __device__ __forceinline__ void fg_epilogue(const FgArgs &a, int u, int r0, int 
                                             const FgPre &pre) {
 	if (MODE == FG_STORE || MODE == FG_RESID) {
 		float *y = a.Y + (size_t)t * a.out;
-		if (MODE == FG_RESID && a.oacc) {
-			unsigned long long *p = a.oacc + (size_t)t * a.out + r0;
-			const float base = u == pre.u ? pre.y : y[r0] + fx2f(*p); // pre.y holds it already
-			*p = 0;
-			y[r0] = base + x1;
-		} else
-			y[r0] = MODE == FG_RESID ? (u == pre.u ? pre.y : y[r0]) + x1 : x1;
+		y[r0] = MODE == FG_RESID ? (u == pre.u ? pre.y : y[r0]) + x1 : x1;
 		if (r1 >= 0) y[r1] = MODE == FG_RESID ? y[r1] + x2 : x2;
 	} else if (MODE == FG_SILU) {
 		const int I = a.out / 2;
@@ -1542,7 +1515,6 @@ template <int NT>
 __device__ __forceinline__ void fg_norm(const FgArgs &a, __nv_bfloat16 *xs) {
 	for (int t = 0; t < NT; t++) {
 		const float *xr = a.xf + (size_t)(a.rows ? a.rows[t] : t) * a.in;
-		const unsigned long long *oa = a.oacc ? a.oacc + (size_t)t * a.in : nullptr; // rows is null then
 		__nv_bfloat16 *o = xs + (size_t)t * a.in;
 		if (a.in % 1024 == 0 && a.in <= 4096 && blockDim.x == 256) {
 			const int J = a.in / 1024;
@@ -1551,23 +1523,6 @@ __device__ __forceinline__ void fg_norm(const FgArgs &a, __nv_bfloat16 *xs) {
 #pragma unroll
 			for (int j = 0; j < 4; j++)
 				if (j < J) v[j] = ((const float4 *)xr)[threadIdx.x + 256 * j];
-			if (oa) {
-				ulonglong2 p[4][2];
-#pragma unroll
-				for (int j = 0; j < 4; j++)
-					if (j < J) {
-						p[j][0] = ((const ulonglong2 *)oa)[2 * (threadIdx.x + 256 * j)];
-						p[j][1] = ((const ulonglong2 *)oa)[2 * (threadIdx.x + 256 * j) + 1];
-					}
-#pragma unroll
-				for (int j = 0; j < 4; j++)
-					if (j < J) {
-						v[j].x += fx2f(p[j][0].x);
-						v[j].y += fx2f(p[j][0].y);
-						v[j].z += fx2f(p[j][1].x);
-						v[j].w += fx2f(p[j][1].y);
-					}
-			}
 #pragma unroll
 			for (int j = 0; j < 4; j++)
 				if (j < J) ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
@@ -1584,12 +1539,11 @@ __device__ __forceinline__ void fg_norm(const FgArgs &a, __nv_bfloat16 *xs) {
 					o2[1] = __floats2bfloat162_rn(v[j].z * inv * w1.x, v[j].w * inv * w1.y);
 				}
 		} else {
-			auto xv = [&](int k) { return oa ? xr[k] + fx2f(oa[k]) : xr[k]; };
 			float ss = 0.f;
-			for (int k = threadIdx.x; k < a.in; k += blockDim.x) ss += xv(k) * xv(k);
+			for (int k = threadIdx.x; k < a.in; k += blockDim.x) ss += xr[k] * xr[k];
 			ss = block_sum(ss);
 			const float inv = rsqrtf(ss / (float)a.in + a.eps);
-			for (int k = threadIdx.x; k < a.in; k += blockDim.x) o[k] = __float2bfloat16(xv(k) * inv * __bfloat162float(a.norm[k]));
+			for (int k = threadIdx.x; k < a.in; k += blockDim.x) o[k] = __float2bfloat16(xr[k] * inv * __bfloat162float(a.norm[k]));
 		}
 	}
 }
@@ -1639,7 +1593,6 @@ __global__ void __launch_bounds__(256, 2) fgemv_kernel(FgArgs a, int units) {
 	pdl_wait();
 	if (MODE == FG_RESID && a.pre && u < units && lane < NT) {
 		pre.y = a.Y[(size_t)lane * a.out + r0];
-		if (a.oacc) pre.y += fx2f(a.oacc[(size_t)lane * a.out + r0]);
 		pre.u = u;
 	}
 	if (a.norm) {
@@ -1803,85 +1756,6 @@ template <int MODE>
 static cudaError_t fg_allow_smem(int bytes) {
 	cudaError_t e = fg_allow_smem_ks<MODE, 1>(bytes);
 	return e == cudaSuccess ? fg_allow_smem_ks<MODE, 2>(bytes) : e;
-}
-
-// O for steps of a few tokens with the split-combine in its prologue
-// (DCU_OHEAD), so that the combine needs no kernel of its own. A block
-// takes a slice of OH_KW inputs (256 / D heads) and OH_RW rows per warp:
-// its weights, one 16-byte load per lane and row, are all in flight before
-// griddepcontrol.wait; after it, each thread combines one (head, dim) of
-// the slice from the attention's partial results (about one trip to memory)
-// into shared memory, and each warp adds its rows' dot products to oacc in
-// fixed point (FgArgs.oacc), where Gate/Up and Down pick them up. Every
-// block reads only its slice's partial results. Grid (in / OH_KW,
-// ceil(out / (8 OH_RW))), 256 threads; needs in % OH_KW == 0 and D | OH_KW.
-constexpr int OH_KW = 256, OH_RW = 8;
-template <int NT>
-__global__ void __launch_bounds__(256, 2)
-    ohead_kernel(const __nv_bfloat16 *__restrict__ W, int out, int in, int nh, int D, const int32_t *__restrict__ pos,
-                 int P, int nsplit, const float *__restrict__ pacc, const float *__restrict__ pm,
-                 const float *__restrict__ pl, unsigned long long *__restrict__ oacc) {
-	__shared__ __align__(16) __nv_bfloat16 xs[NT][OH_KW];
-	const int ks = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-	const int row0 = blockIdx.y * 8 * OH_RW + warp; // this warp's rows: row0 + 8 i
-	uint4 w[OH_RW];
-#pragma unroll
-	for (int i = 0; i < OH_RW; i++) {
-		const int r = row0 + 8 * i;
-		if (r < out) w[i] = ld_stream((const uint4 *)(W + (size_t)r * in + (size_t)ks * OH_KW) + lane);
-	}
-	pdl_trigger();
-	int ns[NT];
-#pragma unroll
-	for (int t = 0; t < NT; t++) ns[t] = pos[t] / P + 1; // a step input: no kernel writes it
-	pdl_wait();
-	{
-		const int hl = threadIdx.x / D, d = threadIdx.x % D, h = ks * (OH_KW / D) + hl;
-#pragma unroll
-		for (int t = 0; t < NT; t++)
-			xs[t][threadIdx.x] =
-			    __float2bfloat16(combine_wide(pacc, pm, pl, ((size_t)t * nh + h) * nsplit, ns[t], D, d));
-	}
-	__syncthreads();
-	float2 x[NT][4];
-#pragma unroll
-	for (int t = 0; t < NT; t++) {
-		const uint4 xv = ((const uint4 *)xs[t])[lane];
-		const __nv_bfloat162 *x2 = (const __nv_bfloat162 *)&xv;
-#pragma unroll
-		for (int u = 0; u < 4; u++) x[t][u] = __bfloat1622float2(x2[u]);
-	}
-#pragma unroll
-	for (int i = 0; i < OH_RW; i++) {
-		const int r = row0 + 8 * i;
-		if (r >= out) break;
-		const __nv_bfloat162 *w2 = (const __nv_bfloat162 *)&w[i];
-		float2 wf[4];
-#pragma unroll
-		for (int u = 0; u < 4; u++) wf[u] = __bfloat1622float2(w2[u]);
-#pragma unroll
-		for (int t = 0; t < NT; t++) {
-			float v = 0.f;
-#pragma unroll
-			for (int u = 0; u < 4; u++) v += wf[u].x * x[t][u].x + wf[u].y * x[t][u].y;
-			v = warp_sum(v);
-			if (lane == 0) atomicAdd(oacc + (size_t)t * out + r, f2fx(v));
-		}
-	}
-}
-
-static bool ohead_fits(int in, int D) { return D > 0 && in % OH_KW == 0 && OH_KW % D == 0; }
-
-static cudaError_t ohead_launch(int nt, const __nv_bfloat16 *W, int out, int in, int nh, int D, const int32_t *pos, int P,
-                                int nsplit, const float *pacc, const float *pm, const float *pl,
-                                unsigned long long *oacc, int pdl, cudaStream_t s) {
-	PdlLaunch l(dim3(in / OH_KW, (out + 8 * OH_RW - 1) / (8 * OH_RW)), dim3(256), 0, s, pdl);
-	switch (nt) {
-	case 1: return cudaLaunchKernelEx(&l.cfg, ohead_kernel<1>, W, out, in, nh, D, pos, P, nsplit, pacc, pm, pl, oacc);
-	case 2: return cudaLaunchKernelEx(&l.cfg, ohead_kernel<2>, W, out, in, nh, D, pos, P, nsplit, pacc, pm, pl, oacc);
-	case 3: return cudaLaunchKernelEx(&l.cfg, ohead_kernel<3>, W, out, in, nh, D, pos, P, nsplit, pacc, pm, pl, oacc);
-	default: return cudaLaunchKernelEx(&l.cfg, ohead_kernel<4>, W, out, in, nh, D, pos, P, nsplit, pacc, pm, pl, oacc);
-	}
 }
 
 // ---------------------------------------------------------------------------
@@ -2136,7 +2010,7 @@ struct dcu_model {
 	int use_dec;           // the decode kernel (tiles of one token, batch >= dec_min)
 	int use_mma;           // the tensor-core prefill kernel (tiles of up to 16 tokens)
 	int pf_p;              // its split (DCU_PF_P keys)
-	int pf_kc;             // its keys per chunk (DCU_PF_KC: 64 or 128)
+	int pf_kc;             // its keys per chunk (DCU_PF_KC: 128, or 64)
 	// tuning knobs (environment, for experiments): DCU_FILL blocks per SM the
 	// split plan aims at, DCU_PMAX the longest split (<= 512), DCU_DEC_MIN the
 	// smallest batch for the decode kernel
@@ -2159,8 +2033,6 @@ struct dcu_model {
 	int fg_pre;     // DCU_FG_PRE: epilogue inputs loaded ahead (FgPre)
 	int fg_amax;    // DCU_FG_AMAX: the argmax folded into the LM head (FgArgs.amax)
 	unsigned long long *d_amax; // its keys, [4], then its block counter; zero between steps
-	int ohead; // DCU_OHEAD: O with the split-combine in its prologue (ohead_kernel) in fused steps
-	unsigned long long *oacc; // its output, [fuse_max][hidden] fixed point; zero between steps
 	int fg_occ_mask; // DCU_FG_OCC_MASK: which matrices DCU_FG_OCC applies to (bits as DCU_BULK)
 	int fg_bal;    // equal units per warp where a smaller grid allows it (DCU_FG_BAL=1)
 	// the bulk-copy GEMV for the fused path, per matrix (DCU_BULK: 1 all, or
@@ -2325,7 +2197,7 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 	if (m->pmin > m->pmax) m->pmin = m->pmax;
 	m->mma_dec = !(getenv("DCU_NO_MMA") && getenv("DCU_NO_MMA")[0] == '1');
 	m->pf_p = env_int("DCU_PF_P", 4096, FA_KC, 1 << 20) / FA_KC * FA_KC;
-	m->pf_kc = env_int("DCU_PF_KC", FA_KC, FA_KC, 128) == 128 ? 128 : FA_KC;
+	m->pf_kc = env_int("DCU_PF_KC", 128, FA_KC, 128) == FA_KC ? FA_KC : 128;
 	m->fuse = m->use_gemv && !(getenv("DCU_NO_FUSE") && getenv("DCU_NO_FUSE")[0] == '1');
 	m->pdl = !(getenv("DCU_NO_PDL") && getenv("DCU_NO_PDL")[0] == '1');
 	m->gu_bf16 = !(getenv("DCU_GU_F32") && getenv("DCU_GU_F32")[0] == '1');
@@ -2342,7 +2214,6 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 	m->fg_bal = env_int("DCU_FG_BAL", 0, 0, 1);
 	m->fg_pre = env_int("DCU_FG_PRE", 1, 0, 1);
 	m->fg_amax = env_int("DCU_FG_AMAX", 1, 0, 1);
-	m->ohead = env_int("DCU_OHEAD", 0, 0, 1);
 	m->fg_occ_mask = env_int("DCU_FG_OCC_MASK", 62, 0, 63);
 	m->bulk_smem = env_int("DCU_BULK_SMEM", 88, 16, 200) * 1024;
 	CK(cudaEventCreate(&m->ev0));
@@ -2401,10 +2272,6 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 	CK(cudaMalloc((void **)&m->inv_freq, sizeof(float) * c.head_dim / 2));
 	CK(cudaMalloc((void **)&m->d_amax, sizeof(unsigned long long) * 5));
 	CK(cudaMemset(m->d_amax, 0, sizeof(unsigned long long) * 5));
-	if (m->fuse) {
-		CK(cudaMalloc((void **)&m->oacc, sizeof(unsigned long long) * m->fuse_max * H));
-		CK(cudaMemset(m->oacc, 0, sizeof(unsigned long long) * m->fuse_max * H));
-	}
 	CK(cudaMemcpy(m->inv_freq, inv_freq, sizeof(float) * c.head_dim / 2, cudaMemcpyHostToDevice));
 	// dynamic shared memory of the attention kernel may exceed 48 KB for large heads
 	int G = c.heads / c.kv_heads;
@@ -2661,9 +2528,6 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 	const int fa_direct = m->use_mma;
 	// the argmax folded into the LM head (DCU_FG_AMAX)
 	const bool amax_fold = fused && want_argmax && m->fg_amax && R > 0 && R <= m->fuse_max && !(m->bulk & 32);
-	// O with the combine in its prologue: every row's partial results in pacc
-	// (not the prefill kernel's directly written rows)
-	const bool ohead = fused && m->ohead && m->oacc && !m->use_mma && !m->bulk && ohead_fits(nh * D, D);
 	MARK(-1);
 	if (!(skip & 256)) {
 		embed_kernel<<<T, 256, 0, s>>>(tokens, m->d_argmax, m->embed, m->x, H);
@@ -2710,11 +2574,10 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 		}
 		if (skip & 2) {
 		} else if (m->use_mma) {
-			(m->pf_kc == 128 ? attn_fa_kernel<128> : attn_fa_kernel<FA_KC>)<<<dim3(m->nt, nkv, nsplit), 32 * G,
-			                                                                   fa_smem_bytes(m->pf_kc), s>>>(m->q, pos, btoff, tables, tile_first, tile_len,
-			                                                           kv_layer, block_stride, nh, nkv,
-			                                                           c.tokens_per_block, P, nsplit, scale, m->pacc,
-			                                                           m->pm, m->pl, m->attn);
+			auto fak = m->pf_kc == 128 ? attn_fa_kernel<128> : attn_fa_kernel<FA_KC>;
+			fak<<<dim3(m->nt, nkv, nsplit), 32 * G, fa_smem_bytes(m->pf_kc), s>>>(
+			    m->q, pos, btoff, tables, tile_first, tile_len, kv_layer, block_stride, nh, nkv, c.tokens_per_block, P,
+			    nsplit, scale, m->pacc, m->pm, m->pl, m->attn);
 		} else if (m->use_dec && D == 64 && G <= 16 && m->mma_dec) {
 			PdlLaunch al(dim3(T, nkv, nsplit), dim3(32 * DEC_WARPS), 0, s, fused && pdl);
 			CK(cudaLaunchKernelEx(&al.cfg, attn_mma_dec_kernel, (const float *)m->q, pos, btoff, tables,
@@ -2735,7 +2598,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 		}
 		CKL();
 		MARK(4);
-		if (!(skip & 4) && !(fa_direct && nsplit == 1) && !ohead) {
+		if (!(skip & 4) && !(fa_direct && nsplit == 1)) {
 			PdlLaunch rl(dim3(T, nh), dim3(D < 32 ? 32 : (D > 256 ? 256 : D)), 0, s, fused && pdl);
 			// the one-trip combine while the grid is small (decode), the loop otherwise
 			const bool wide = (size_t)T * nh <= (size_t)16 * m->sms;
@@ -2753,14 +2616,8 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.out = H;
 			fa.in = nh * D;
 			fa.Y = m->x;
-			if (skip & 8) {
-			} else if (ohead) {
-				CK(ohead_launch(T, L.o, H, nh * D, nh, D, pos, P, nsplit, m->pacc, m->pm, m->pl, m->oacc, pdl, s));
-			} else {
-				CK(fused_gemv<FG_RESID>(m, 4, T, fa, m->fg_b1, pdl, s, m->fg_split & 4 ? 2 : 1));
-			}
+			if (!(skip & 8)) CK(fused_gemv<FG_RESID>(m, 4, T, fa, m->fg_b1, pdl, s, m->fg_split & 4 ? 2 : 1));
 			MARK(6);
-			fa.oacc = ohead ? m->oacc : nullptr; // Gate/Up's norm and Down's residual add O's output
 			fa.W = L.gate_up;
 			fa.norm = L.mlp_norm;
 			fa.xf = m->x;
@@ -2777,7 +2634,6 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.Y = m->x;
 			if (!(skip & 32)) CK(fused_gemv<FG_RESID>(m, 16, T, fa, m->fg_b1, pdl, s, m->fg_split & 4 ? 2 : 1));
 			MARK(9);
-			fa.oacc = nullptr;
 			continue;
 		}
 		if (!gemm(m, L.o, m->attn, m->x, H, T, nh * D, 1.f, st)) return 0;
@@ -3023,7 +2879,7 @@ extern "C" int dcu_model_destroy(dcu_model *m, dcu_status *st) {
 	cudaFree(m->logits); cudaFree(m->d_argmax); cudaFree(m->d_ints); cudaFreeHost(m->h_ints[0]); cudaFreeHost(m->h_ints[1]);
 	for (auto e : m->ev_ints) if (e) cudaEventDestroy(e);
 	cudaFree(m->pacc); cudaFree(m->pm); cudaFree(m->pl);
-	cudaFree(m->wbuf); cudaFree(m->inv_freq); cudaFree(m->d_amax); cudaFree(m->oacc);
+	cudaFree(m->wbuf); cudaFree(m->inv_freq); cudaFree(m->d_amax);
 	for (auto e : m->prof_ev) cudaEventDestroy(e);
 	if (m->ev0) cudaEventDestroy(m->ev0);
 	if (m->ev1) cudaEventDestroy(m->ev1);
