@@ -717,9 +717,10 @@ __device__ __forceinline__ void scale_rows(float (&o)[8][4], float r0, float r1)
 // (the MMA rows are the tile's tokens; two heads per warp, sharing every K
 // and V fragment, and blocks of 4 warps were measured slower). Chunks of
 // KC keys (128, in dynamic shared memory; 64 with DCU_PF_KC=64, which
-// measured about 1 % slower at 2048 tokens) of K and V are copied into a two-stage shared-memory ring by
-// cp.async (the next chunk in flight while this one is used), both kept as
-// [key][dim] and read into MMA fragments with ldmatrix (.trans for V);
+// measured about 1 % slower at 2048 tokens) of K and V are copied into a
+// two-stage shared-memory ring by cp.async (the next chunk in flight while
+// this one is used), both kept as [key][dim] and read into MMA fragments
+// with ldmatrix (.trans for V);
 // softmax in base 2; no mask on chunks wholly below the tile. Splits are
 // DCU_PF_P keys long (default 4096, so that prompts up to that length need
 // no combine); rows whose keys all lie in split 0 (pos < P) are written
