@@ -25,7 +25,11 @@ GO=${GO:-go}
 ROUNDS=${ROUNDS:-1}
 VENV=${VENV:-.venv}
 command -v ucx_perftest >/dev/null || { echo "ucx_perftest not found: install Debian's ucx-utils (scripts/setup-native.sh)" >&2; exit 1; }
-columns=${BENCH_COLUMNS:-put_bw UCX UCX-RMA UCX-read NIXL am_bw put_bw-1.22}
+all_columns="put_bw UCX UCX-RMA UCX-read NIXL am_bw put_bw-1.22"
+columns=${BENCH_COLUMNS:-$all_columns}
+for c in $columns; do
+  [[ " $all_columns " == *" $c "* ]] || { echo "BENCH_COLUMNS: unknown column \"$c\" (allowed: $all_columns)" >&2; exit 2; }
+done
 UCX_NEW_WHEEL=${UCX_NEW_WHEEL:-libucx-cu13==1.22.0}
 newpt=
 if [[ " $columns " == *" put_bw-1.22 "* ]]; then
