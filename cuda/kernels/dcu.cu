@@ -927,13 +927,163 @@ __global__ void __launch_bounds__(256, 1) attn_fa_kernel(const float *__restrict
 	}
 }
 
+// Pieces of the tensor-core decode kernels (head dim 64): the MMA rows are
+// the G (<= 16) query heads of one kv head's group; lane = 4g + tq.
+
+// Q fragments: row r = query head kvh*G + r of token t (zero for r >= G).
+__device__ __forceinline__ void dec_q_frags(uint32_t (&qa)[4][4], const float *__restrict__ q, int t, int nh, int kvh,
+                                            int G, int g, int tq) {
+	constexpr int D = 64;
+	const float *qh = q + ((size_t)t * nh + kvh * G) * D;
+	const bool r0 = g < G, r1 = g + 8 < G;
+#pragma unroll
+	for (int kk = 0; kk < 4; kk++) {
+		int c = kk * 16 + 2 * tq;
+		qa[kk][0] = r0 ? pack_bf16(qh[g * D + c], qh[g * D + c + 1]) : 0u;
+		qa[kk][1] = r1 ? pack_bf16(qh[(g + 8) * D + c], qh[(g + 8) * D + c + 1]) : 0u;
+		qa[kk][2] = r0 ? pack_bf16(qh[g * D + c + 8], qh[g * D + c + 9]) : 0u;
+		qa[kk][3] = r1 ? pack_bf16(qh[(g + 8) * D + c + 8], qh[(g + 8) * D + c + 9]) : 0u;
+	}
+}
+
+// One staged chunk of n (<= 32) keys, rows MMA_KS apart in ks and vs: S =
+// Q K^T, the online softmax (m, l: rows g and g+8), O += P V (V fragments
+// through ldmatrix.trans).
+__device__ __forceinline__ void dec_mma_chunk(const uint32_t (&qa)[4][4], const __nv_bfloat16 *ks,
+                                              uint32_t vs_base, int n, float scale, int lane, float (&o)[8][4],
+                                              float &m0, float &m1, float &l0, float &l1) {
+	const int g = lane >> 2, tq = lane & 3;
+	float sc[4][4];
+#pragma unroll
+	for (int nt = 0; nt < 4; nt++) {
+		sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+		const __nv_bfloat16 *kr = ks + (nt * 8 + g) * MMA_KS + 2 * tq;
+#pragma unroll
+		for (int kk = 0; kk < 4; kk++)
+			mma16816(sc[nt], qa[kk], *(const uint32_t *)(kr + kk * 16), *(const uint32_t *)(kr + kk * 16 + 8));
+	}
+	float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+	for (int nt = 0; nt < 4; nt++) {
+#pragma unroll
+		for (int u = 0; u < 2; u++) {
+			bool ok = nt * 8 + 2 * tq + u < n;
+			sc[nt][u] = ok ? sc[nt][u] * scale : -INFINITY;
+			sc[nt][2 + u] = ok ? sc[nt][2 + u] * scale : -INFINITY;
+			mx0 = fmaxf(mx0, sc[nt][u]);
+			mx1 = fmaxf(mx1, sc[nt][2 + u]);
+		}
+	}
+	mx0 = quad_max(mx0);
+	mx1 = quad_max(mx1);
+	float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1); // finite: the chunk's first key is valid
+	float corr0 = __expf(m0 - mn0), corr1 = __expf(m1 - mn1);
+	float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+	for (int nt = 0; nt < 4; nt++) {
+#pragma unroll
+		for (int u = 0; u < 2; u++) {
+			float a = __expf(sc[nt][u] - mn0), b = __expf(sc[nt][2 + u] - mn1);
+			sc[nt][u] = a;
+			sc[nt][2 + u] = b;
+			rs0 += a;
+			rs1 += b;
+		}
+	}
+	rs0 = quad_sum(rs0);
+	rs1 = quad_sum(rs1);
+	l0 = l0 * corr0 + rs0;
+	l1 = l1 * corr1 + rs1;
+	m0 = mn0;
+	m1 = mn1;
+	scale_rows(o, corr0, corr1);
+#pragma unroll
+	for (int kk = 0; kk < 2; kk++) {
+		uint32_t pa[4] = {pack_bf16(sc[2 * kk][0], sc[2 * kk][1]), pack_bf16(sc[2 * kk][2], sc[2 * kk][3]),
+		                  pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
+		                  pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+#pragma unroll
+		for (int nd = 0; nd < 8; nd++) {
+			// V[16kk + r][8nd .. 8nd+7] rows -> B fragments through ldmatrix.trans
+			uint32_t addr = vs_base + (uint32_t)(((16 * kk + (lane & 15)) * MMA_KS + 8 * nd) * 2);
+			uint32_t bb0, bb1;
+			asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+			             : "=r"(bb0), "=r"(bb1)
+			             : "r"(addr));
+			mma16816(o[nd], pa, bb0, bb1);
+		}
+	}
+}
+
+// Shared memory dec_merge needs for W warps.
+#define DEC_MERGE_BYTES(W) (sizeof(float) * (W) * 16 * (64 + 3))
+
+// Merges the W warps' states per row (query head) through mem (the stages,
+// free once every warp is done: the first barrier) and writes head kvh*G+r
+// of token t: normalized to out when out is set, else as split s's partial
+// sums for the combine.
+template <int W>
+__device__ __forceinline__ void dec_merge(void *mem, const float (&o)[8][4], float m0, float m1, float l0, float l1,
+                                          int t, int nh, int kvh, int G, int s, int nsplit, float *__restrict__ pacc,
+                                          float *__restrict__ pm, float *__restrict__ pl,
+                                          __nv_bfloat16 *__restrict__ out) {
+	constexpr int D = 64;
+	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	const int g = lane >> 2, tq = lane & 3;
+	float(*mrg_o)[16][D + 1] = (float(*)[16][D + 1])mem;
+	float(*mrg_m)[16] = (float(*)[16])((float *)mem + W * 16 * (D + 1));
+	float(*mrg_l)[16] = (float(*)[16])((float *)mem + W * 16 * (D + 2));
+	__syncthreads(); // every warp is done with its stage
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		int row = g + 8 * r;
+#pragma unroll
+		for (int nd = 0; nd < 8; nd++) {
+			mrg_o[warp][row][nd * 8 + 2 * tq] = o[nd][2 * r];
+			mrg_o[warp][row][nd * 8 + 2 * tq + 1] = o[nd][2 * r + 1];
+		}
+		if (tq == 0) {
+			mrg_m[warp][row] = r ? m1 : m0;
+			mrg_l[warp][row] = r ? l1 : l0;
+		}
+	}
+	__syncthreads();
+	for (int row = warp; row < G; row += W) {
+		float M = -INFINITY;
+		for (int w = 0; w < W; w++) M = fmaxf(M, mrg_m[w][row]);
+		float L = 0.f, wt[W];
+		for (int w = 0; w < W; w++) {
+			float mw = mrg_m[w][row];
+			wt[w] = mw == -INFINITY ? 0.f : __expf(mw - M);
+			L += mrg_l[w][row] * wt[w];
+		}
+		const size_t head = (size_t)t * nh + kvh * G + row;
+		if (out) {
+			for (int d = lane; d < D; d += 32) {
+				float a = 0.f;
+				for (int w = 0; w < W; w++) a += mrg_o[w][row][d] * wt[w];
+				out[head * D + d] = __float2bfloat16(a / L);
+			}
+			continue;
+		}
+		size_t base = head * nsplit + s;
+		for (int d = lane; d < D; d += 32) {
+			float a = 0.f;
+			for (int w = 0; w < W; w++) a += mrg_o[w][row][d] * wt[w];
+			pacc[base * D + d] = a;
+		}
+		if (lane == 0) {
+			pm[base] = M;
+			pl[base] = L;
+		}
+	}
+}
+
 // Decode attention on the tensor cores, head dim 64: a block serves one
-// query token, one kv head and one split; the MMA rows are the G (<= 16)
-// query heads of the group. Each of the 4 warps takes interleaved 32-key
-// chunks into its own shared-memory stage (16-byte loads, one key row per
-// lane), runs S = Q K^T and O += P V as m16n8k16 MMAs (V fragments through
-// ldmatrix.trans) with an online softmax, and the warps' states are merged
-// at the end. Grid (T, nkv, nsplit), 128 threads.
+// query token, one kv head and one split. Each of the 4 warps takes
+// interleaved 32-key chunks into its own shared-memory stage (16-byte
+// loads, one key row per lane) and runs dec_mma_chunk on it; the warps'
+// states are merged at the end. Grid (T, nkv, nsplit), 128 threads.
 __global__ void __launch_bounds__(128) attn_mma_dec_kernel(const float *__restrict__ q,
                                                            const int32_t *__restrict__ pos,
                                                            const int32_t *__restrict__ btoff,
@@ -948,10 +1098,7 @@ __global__ void __launch_bounds__(128) attn_mma_dec_kernel(const float *__restri
 	constexpr int STAGE = ATT_CHUNK * MMA_KS; // bf16 elements
 	__shared__ __align__(16) __nv_bfloat16 stage[2 * DEC_WARPS * STAGE];
 	__shared__ int32_t bts[ATT_MAXBT];
-	static_assert(sizeof(float) * DEC_WARPS * 16 * (D + 3) <= sizeof(__nv_bfloat16) * 2 * DEC_WARPS * STAGE, "merge fits");
-	float(*mrg_o)[16][D + 1] = (float(*)[16][D + 1])stage;
-	float(*mrg_m)[16] = (float(*)[16])((float *)stage + DEC_WARPS * 16 * (D + 1));
-	float(*mrg_l)[16] = (float(*)[16])((float *)stage + DEC_WARPS * 16 * (D + 2));
+	static_assert(DEC_MERGE_BYTES(DEC_WARPS) <= sizeof(__nv_bfloat16) * 2 * DEC_WARPS * STAGE, "merge fits");
 	const int t = blockIdx.x, kvh = blockIdx.y, s = blockIdx.z;
 	const int G = nh / nkv;
 	const int ctx = pos[t] + 1;
@@ -1001,126 +1148,116 @@ __global__ void __launch_bounds__(128) attn_mma_dec_kernel(const float *__restri
 	if (first < k1) stage_chunk(first, -1);
 	pdl_wait();
 	if (first < k1 && ctx - 1 < first + ATT_CHUNK && ctx - 1 >= first) stage_chunk(first, ctx - 1);
-	// Q fragments: row r = query head kvh*G + r of token t (zero for r >= G)
 	uint32_t qa[4][4];
-	{
-		const float *qh = q + ((size_t)t * nh + kvh * G) * D;
-		const bool r0 = g < G, r1 = g + 8 < G;
-#pragma unroll
-		for (int kk = 0; kk < 4; kk++) {
-			int c = kk * 16 + 2 * tq;
-			qa[kk][0] = r0 ? pack_bf16(qh[g * D + c], qh[g * D + c + 1]) : 0u;
-			qa[kk][1] = r1 ? pack_bf16(qh[(g + 8) * D + c], qh[(g + 8) * D + c + 1]) : 0u;
-			qa[kk][2] = r0 ? pack_bf16(qh[g * D + c + 8], qh[g * D + c + 9]) : 0u;
-			qa[kk][3] = r1 ? pack_bf16(qh[(g + 8) * D + c + 8], qh[(g + 8) * D + c + 9]) : 0u;
-		}
-	}
+	dec_q_frags(qa, q, t, nh, kvh, G, g, tq);
 	float o[8][4];
 #pragma unroll
 	for (int i = 0; i < 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
 	float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
 	const uint32_t vs_base = (uint32_t)__cvta_generic_to_shared(vs);
 	for (int c0 = first; c0 < k1; c0 += DEC_WARPS * ATT_CHUNK) {
-		const int n = min(ATT_CHUNK, k1 - c0);
 		if (c0 != first) stage_chunk(c0, -1);
-		float sc[4][4];
-#pragma unroll
-		for (int nt = 0; nt < 4; nt++) {
-			sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
-			const __nv_bfloat16 *kr = ks + (nt * 8 + g) * MMA_KS + 2 * tq;
-#pragma unroll
-			for (int kk = 0; kk < 4; kk++)
-				mma16816(sc[nt], qa[kk], *(const uint32_t *)(kr + kk * 16), *(const uint32_t *)(kr + kk * 16 + 8));
-		}
-		float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-		for (int nt = 0; nt < 4; nt++) {
-#pragma unroll
-			for (int u = 0; u < 2; u++) {
-				bool ok = nt * 8 + 2 * tq + u < n;
-				sc[nt][u] = ok ? sc[nt][u] * scale : -INFINITY;
-				sc[nt][2 + u] = ok ? sc[nt][2 + u] * scale : -INFINITY;
-				mx0 = fmaxf(mx0, sc[nt][u]);
-				mx1 = fmaxf(mx1, sc[nt][2 + u]);
-			}
-		}
-		mx0 = quad_max(mx0);
-		mx1 = quad_max(mx1);
-		float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1); // finite: key c0 is valid
-		float corr0 = __expf(m0 - mn0), corr1 = __expf(m1 - mn1);
-		float rs0 = 0.f, rs1 = 0.f;
-#pragma unroll
-		for (int nt = 0; nt < 4; nt++) {
-#pragma unroll
-			for (int u = 0; u < 2; u++) {
-				float a = __expf(sc[nt][u] - mn0), b = __expf(sc[nt][2 + u] - mn1);
-				sc[nt][u] = a;
-				sc[nt][2 + u] = b;
-				rs0 += a;
-				rs1 += b;
-			}
-		}
-		rs0 = quad_sum(rs0);
-		rs1 = quad_sum(rs1);
-		l0 = l0 * corr0 + rs0;
-		l1 = l1 * corr1 + rs1;
-		m0 = mn0;
-		m1 = mn1;
-		scale_rows(o, corr0, corr1);
-#pragma unroll
-		for (int kk = 0; kk < 2; kk++) {
-			uint32_t pa[4] = {pack_bf16(sc[2 * kk][0], sc[2 * kk][1]), pack_bf16(sc[2 * kk][2], sc[2 * kk][3]),
-			                  pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
-			                  pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
-#pragma unroll
-			for (int nd = 0; nd < 8; nd++) {
-				// V[16kk + r][8nd .. 8nd+7] rows -> B fragments through ldmatrix.trans
-				uint32_t addr = vs_base + (uint32_t)(((16 * kk + (lane & 15)) * MMA_KS + 8 * nd) * 2);
-				uint32_t bb0, bb1;
-				asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
-				             : "=r"(bb0), "=r"(bb1)
-				             : "r"(addr));
-				mma16816(o[nd], pa, bb0, bb1);
-			}
-		}
+		dec_mma_chunk(qa, ks, vs_base, min(ATT_CHUNK, k1 - c0), scale, lane, o, m0, m1, l0, l1);
 		__syncwarp();
 	}
-	// merge the warps' states per row (query head)
-	__syncthreads(); // every warp is done with its stage
-#pragma unroll
-	for (int r = 0; r < 2; r++) {
-		int row = g + 8 * r;
-#pragma unroll
-		for (int nd = 0; nd < 8; nd++) {
-			mrg_o[warp][row][nd * 8 + 2 * tq] = o[nd][2 * r];
-			mrg_o[warp][row][nd * 8 + 2 * tq + 1] = o[nd][2 * r + 1];
-		}
-		if (tq == 0) {
-			mrg_m[warp][row] = r ? m1 : m0;
-			mrg_l[warp][row] = r ? l1 : l0;
-		}
+	dec_merge<DEC_WARPS>(stage, o, m0, m1, l0, l1, t, nh, kvh, G, s, nsplit, pacc, pm, pl, nullptr);
+}
+
+// Decode attention, deep form (DCU_DEC_RING): 8 warps, each with a ring of
+// two stages filled by cp.async, so that a block keeps up to 16 chunks
+// (about 150 KB of keys and values) in flight and one block can take a
+// long split. A token whose keys all lie in split 0 (pos < P) has its
+// result written normalized to out, so with one split per token no
+// combine kernel runs; the others leave partial sums. Each warp's first
+// two chunks are asked for before griddepcontrol.wait, without the
+// token's own key, which the kernel before (QKV) appends. Grid (T, nkv,
+// nsplit), 32 * RING_WARPS threads, ring_smem(P, tpb) bytes.
+#define RING_WARPS 8
+#define RING_STAGE (ATT_CHUNK * MMA_KS) // bf16 elements of one K or V stage
+#define RING_PMAX 512                   // longest split: two chunks a warp, all asked for at once
+static size_t ring_smem(int P, int tpb) {
+	return sizeof(__nv_bfloat16) * 2 * 2 * RING_WARPS * RING_STAGE + sizeof(int32_t) * (P / tpb + 2);
+}
+
+__global__ void __launch_bounds__(32 * RING_WARPS, 1)
+    attn_ring_dec_kernel(const float *__restrict__ q, const int32_t *__restrict__ pos, const int32_t *__restrict__ btoff,
+                         const int32_t *__restrict__ tables, const __nv_bfloat16 *__restrict__ kv_layer,
+                         size_t block_stride, int nh, int nkv, int tpb, int P, int nsplit, float scale,
+                         float *__restrict__ pacc, float *__restrict__ pm, float *__restrict__ pl,
+                         __nv_bfloat16 *__restrict__ out) {
+	pdl_trigger();
+	constexpr int D = 64;
+	static_assert(DEC_MERGE_BYTES(RING_WARPS) <= sizeof(__nv_bfloat16) * 2 * 2 * RING_WARPS * RING_STAGE, "merge fits");
+	extern __shared__ __align__(16) unsigned char ring_mem[]; // [warp][stage][K, V][RING_STAGE], then the block ids
+	__nv_bfloat16 *ring = (__nv_bfloat16 *)ring_mem;
+	int32_t *bts = (int32_t *)(ring + 2 * 2 * RING_WARPS * RING_STAGE);
+	const int t = blockIdx.x, kvh = blockIdx.y, s = blockIdx.z;
+	const int G = nh / nkv;
+	const int ctx = pos[t] + 1, own = ctx - 1;
+	const int k0 = s * P;
+	if (k0 >= ctx) return;
+	const int k1 = min(k0 + P, ctx);
+	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	const int g = lane >> 2, tq = lane & 3;
+	const int b0 = k0 / tpb;
+	{
+		const int32_t *bt = tables + btoff[t];
+		for (int i = threadIdx.x; i <= (k1 - 1) / tpb - b0; i += blockDim.x) bts[i] = bt[b0 + i];
 	}
 	__syncthreads();
-	for (int row = warp; row < G; row += DEC_WARPS) {
-		float M = -INFINITY;
-		for (int w = 0; w < DEC_WARPS; w++) M = fmaxf(M, mrg_m[w][row]);
-		float L = 0.f, wt[DEC_WARPS];
-		for (int w = 0; w < DEC_WARPS; w++) {
-			float mw = mrg_m[w][row];
-			wt[w] = mw == -INFINITY ? 0.f : __expf(mw - M);
-			L += mrg_l[w][row] * wt[w];
+	const size_t plane = (size_t)tpb * nkv * D;
+	// Ask for the chunk of keys [c0, c0+32) (lane: key c0+lane; zeros past
+	// k1) in stage st: which 0 every key but the own one, 1 every key, 2
+	// only the own key.
+	auto issue = [&](int c0, int st, int which) {
+		__nv_bfloat16 *ks = ring + (size_t)(warp * 2 + st) * 2 * RING_STAGE, *vs = ks + RING_STAGE;
+		const int key = c0 + lane;
+		if ((which == 0 && key == own) || (which == 2 && key != own)) return;
+		const bool ok = key < k1;
+		const __nv_bfloat16 *kp = kv_layer;
+		if (ok) kp += (size_t)bts[key / tpb - b0] * block_stride + (size_t)(key % tpb) * nkv * D + (size_t)kvh * D;
+#pragma unroll
+		for (int u = 0; u < 8; u++) {
+			cp_async16(ks + lane * MMA_KS + 8 * u, kp + 8 * u, ok);
+			cp_async16(vs + lane * MMA_KS + 8 * u, ok ? kp + plane + 8 * u : kp, ok);
 		}
-		size_t base = ((size_t)t * nh + kvh * G + row) * nsplit + s;
-		for (int d = lane; d < D; d += 32) {
-			float a = 0.f;
-			for (int w = 0; w < DEC_WARPS; w++) a += mrg_o[w][row][d] * wt[w];
-			pacc[base * D + d] = a;
-		}
-		if (lane == 0) {
-			pm[base] = M;
-			pl[base] = L;
-		}
+	};
+	auto commit = []() { asm volatile("cp.async.commit_group;\n" ::); };
+	const int first = k0 + warp * ATT_CHUNK, stride = RING_WARPS * ATT_CHUNK;
+	for (int i = 0; i < 2; i++) {
+		if (first + i * stride < k1) issue(first + i * stride, i, 0);
+		commit();
 	}
+	pdl_wait();
+	for (int i = 0; i < 2; i++) {
+		const int c0 = first + i * stride;
+		if (c0 < k1 && own >= c0 && own < c0 + ATT_CHUNK) issue(c0, i, 2);
+	}
+	commit();
+	uint32_t qa[4][4];
+	dec_q_frags(qa, q, t, nh, kvh, G, g, tq);
+	float o[8][4];
+#pragma unroll
+	for (int i = 0; i < 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+	float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+	asm volatile("cp.async.wait_group 0;\n" ::);
+	__syncwarp();
+	for (int i = 0, c0 = first; c0 < k1; i++, c0 += stride) {
+		if (i > 0) {
+			// every group but the newest (chunk i+1's) is complete: chunk i is
+			asm volatile("cp.async.wait_group 1;\n" ::);
+			__syncwarp();
+		}
+		const int st = i & 1;
+		const __nv_bfloat16 *ks = ring + (size_t)(warp * 2 + st) * 2 * RING_STAGE;
+		const uint32_t vs_base = (uint32_t)__cvta_generic_to_shared(ks + RING_STAGE);
+		dec_mma_chunk(qa, ks, vs_base, min(ATT_CHUNK, k1 - c0), scale, lane, o, m0, m1, l0, l1);
+		__syncwarp(); // the stage is free again
+		if (c0 + 2 * stride < k1) issue(c0 + 2 * stride, st, 1);
+		commit();
+	}
+	asm volatile("cp.async.wait_all;\n" ::);
+	dec_merge<RING_WARPS>(ring, o, m0, m1, l0, l1, t, nh, kvh, G, s, nsplit, pacc, pm, pl, pos[t] < P ? out : nullptr);
 }
 
 // Combine the splits: out[t][h*D+d] = sum_s acc_s e^{m_s-M} / sum_s l_s e^{m_s-M}.
@@ -2005,10 +2142,11 @@ struct dcu_model {
 	void *blas_ws;
 	// CUDA graphs of decode steps, keyed by the step's shape; dropped when
 	// the scratch buffers move.
-	struct Graph { int T, R, P, ns, am, nt, qt, dec; cudaGraphExec_t exec; };
+	struct Graph { int T, R, P, ns, am, nt, qt, dec, ring; cudaGraphExec_t exec; };
 	// the current step's attention plan (prepare)
 	int nt, qt, P, nsplit; // tiles (0: per-token kernel), tokens per tile, split size and count
 	int use_dec;           // the decode kernel (tiles of one token, batch >= dec_min)
+	int use_ring;          // its deep form, attn_ring_dec_kernel (DCU_DEC_RING)
 	int use_mma;           // the tensor-core prefill kernel (tiles of up to 16 tokens)
 	int pf_p;              // its split (DCU_PF_P keys)
 	int pf_kc;             // its keys per chunk (DCU_PF_KC: 128, or 64)
@@ -2017,6 +2155,7 @@ struct dcu_model {
 	// smallest batch for the decode kernel
 	int fill, pmax, pmin, dec_min;
 	int mma_dec; // tensor-core decode kernel for head dim 64 (DCU_NO_MMA=1 turns it off)
+	int ring;    // DCU_DEC_RING: fewest splits per token and kv head for attn_ring_dec_kernel (0: never that kernel)
 	std::vector<Graph> graphs;
 	int use_graphs;
 	int prof_on, prof_n;
@@ -2197,6 +2336,10 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 	m->pmin = env_int("DCU_PMIN", 64, ATT_CHUNK, 512) / ATT_CHUNK * ATT_CHUNK;
 	if (m->pmin > m->pmax) m->pmin = m->pmax;
 	m->mma_dec = !(getenv("DCU_NO_MMA") && getenv("DCU_NO_MMA")[0] == '1');
+	// the deep decode kernel in 8 splits (measured fastest at batch 1 and
+	// context 1024 on an H100: docs/PERFORMANCE.md)
+	m->ring = env_int("DCU_DEC_RING", 8, 0, 64);
+	CK(cudaFuncSetAttribute(attn_ring_dec_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ring_smem(RING_PMAX, 1)));
 	m->pf_p = env_int("DCU_PF_P", 4096, FA_KC, 1 << 20) / FA_KC * FA_KC;
 	m->pf_kc = env_int("DCU_PF_KC", 128, FA_KC, 128) == FA_KC ? FA_KC : 128;
 	m->fuse = m->use_gemv && !(getenv("DCU_NO_FUSE") && getenv("DCU_NO_FUSE")[0] == '1');
@@ -2525,8 +2668,9 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 	// DCU_DIAG_SKIP, to time a kernel by leaving it out: 1 QKV, 2 attention, 4 combine, 8 O, 16 Gate/Up, 32 Down, 64 LM head,
 	// 128 argmax, 256 embedding
 	const int skip = fused ? m->skip : 0;
-	// prefill on the tensor cores: rows within split 0 need no combine
-	const int fa_direct = m->use_mma;
+	// prefill on the tensor cores, and the deep decode kernel: rows within
+	// split 0 need no combine
+	const int fa_direct = m->use_mma || m->use_ring;
 	// the argmax folded into the LM head (DCU_FG_AMAX)
 	const bool amax_fold = fused && want_argmax && m->fg_amax && R > 0 && R <= m->fuse_max && !(m->bulk & 32);
 	MARK(-1);
@@ -2579,6 +2723,11 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fak<<<dim3(m->nt, nkv, nsplit), 32 * G, fa_smem_bytes(m->pf_kc), s>>>(
 			    m->q, pos, btoff, tables, tile_first, tile_len, kv_layer, block_stride, nh, nkv, c.tokens_per_block, P,
 			    nsplit, scale, m->pacc, m->pm, m->pl, m->attn);
+		} else if (m->use_ring) {
+			PdlLaunch al(dim3(T, nkv, nsplit), dim3(32 * RING_WARPS), ring_smem(P, c.tokens_per_block), s, fused && pdl);
+			CK(cudaLaunchKernelEx(&al.cfg, attn_ring_dec_kernel, (const float *)m->q, pos, btoff, tables,
+			                      (const __nv_bfloat16 *)kv_layer, block_stride, nh, nkv, c.tokens_per_block, P, nsplit,
+			                      scale, m->pacc, m->pm, m->pl, m->attn));
 		} else if (m->use_dec && D == 64 && G <= 16 && m->mma_dec) {
 			PdlLaunch al(dim3(T, nkv, nsplit), dim3(32 * DEC_WARPS), 0, s, fused && pdl);
 			CK(cudaLaunchKernelEx(&al.cfg, attn_mma_dec_kernel, (const float *)m->q, pos, btoff, tables,
@@ -2745,6 +2894,21 @@ static int prepare(dcu_model *m, const dcu_batch *b, dcu_status *st) {
 		m->P = DEC_WARPS * 32; // every warp of the decode kernel gets a chunk
 		m->nsplit = (b->max_ctx + m->P - 1) / m->P;
 	}
+	// The deep decode kernel where its grid fits in one wave (one block per
+	// SM: its shared memory): at least m->ring splits per token and kv
+	// head, of at most RING_PMAX keys, whole chunks.
+	m->use_ring = 0;
+	if (m->use_dec && m->ring && c.head_dim == 64 && G <= 16 && m->mma_dec) {
+		int p = (b->max_ctx + m->ring - 1) / m->ring;
+		p = (p + ATT_CHUNK - 1) / ATT_CHUNK * ATT_CHUNK;
+		if (p > RING_PMAX) p = RING_PMAX;
+		const int ns = (b->max_ctx + p - 1) / p;
+		if ((long)T * c.kv_heads * ns <= m->sms) {
+			m->use_ring = 1;
+			m->P = p;
+			m->nsplit = ns;
+		}
+	}
 	size_t part = (size_t)T * c.heads * m->nsplit;
 	if (!ensure(m, T, R, nints, part, st)) return 0;
 	// Alternate staging buffers: the other one may still be read by the
@@ -2782,7 +2946,8 @@ static int launch(dcu_model *m, int T, int R, int max_ctx, int n_tables, int am,
 		return enqueue(m, T, R, max_ctx, n_tables, am, st);
 	const int P = m->P, ns = m->nsplit;
 	for (auto &g : m->graphs)
-		if (g.T == T && g.R == R && g.P == P && g.ns == ns && g.am == am && g.nt == m->nt && g.qt == m->qt && g.dec == m->use_dec && !m->use_mma) {
+		if (g.T == T && g.R == R && g.P == P && g.ns == ns && g.am == am && g.nt == m->nt && g.qt == m->qt && g.dec == m->use_dec &&
+		    g.ring == m->use_ring && !m->use_mma) {
 			CK(cudaGraphLaunch(g.exec, m->stream));
 			return 1;
 		}
@@ -2803,7 +2968,7 @@ static int launch(dcu_model *m, int T, int R, int max_ctx, int n_tables, int am,
 	e = cudaGraphInstantiate(&exec, graph_, 0);
 	cudaGraphDestroy(graph_);
 	CK(e);
-	m->graphs.push_back({T, R, P, ns, am, m->nt, m->qt, m->use_dec, exec});
+	m->graphs.push_back({T, R, P, ns, am, m->nt, m->qt, m->use_dec, m->use_ring, exec});
 	CK(cudaGraphLaunch(exec, m->stream));
 	return 1;
 }

@@ -45,8 +45,8 @@ fi
 if has shape; then
   echo "== shape model vs transformers"
   DCU_REF=$SHAPE timeout 180 "$T" -test.v -test.count=1 -test.run 'TestShapeModel' 2>&1 | tee "$OUT/shape.log" | grep -E 'SHAPE (alone|mixed|worst)|^(---|FAIL|PASS|ok|panic)|cuda_test'
-  echo "== shape model again, the batch decode kernel forced on single-sequence decode steps (DCU_DEC_MIN=1)"
-  DCU_DEC_MIN=1 DCU_REF=$SHAPE timeout 180 "$T" -test.v -test.count=1 -test.run 'TestShapeModel' 2>&1 | tee "$OUT/shape-dec.log" | grep -E 'SHAPE (alone  decode|worst)|^(---|FAIL|PASS|ok|panic)|cuda_test'
+  echo "== shape model again, decode steps through the 4-warp decode kernel (DCU_DEC_RING=0; by default it serves only grids too large for one wave of the ring kernel)"
+  DCU_DEC_RING=0 DCU_REF=$SHAPE timeout 180 "$T" -test.v -test.count=1 -test.run 'TestShapeModel' 2>&1 | tee "$OUT/shape-dec.log" | grep -E 'SHAPE (alone  decode|worst)|^(---|FAIL|PASS|ok|panic)|cuda_test'
   echo "== shape model again, the bulk-copy GEMVs (DCU_BULK=1, an experiment kept off by default)"
   DCU_BULK=1 DCU_REF=$SHAPE timeout 180 "$T" -test.v -test.count=1 -test.run 'TestShapeModel' 2>&1 | tee "$OUT/shape-bulk.log" | grep -E 'SHAPE worst|^(---|FAIL|PASS|ok|panic)|cuda_test'
 fi
