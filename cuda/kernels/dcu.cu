@@ -112,6 +112,13 @@ __device__ float block_sum(float v) {
 	return red[0];
 }
 
+// The block ids b0..b1 of a token's block table bt (the blocks of one
+// attention split's keys) into shared memory, then a barrier.
+__device__ __forceinline__ void split_table(int32_t *bts, const int32_t *__restrict__ bt, int b0, int b1) {
+	for (int i = threadIdx.x; i <= b1 - b0; i += blockDim.x) bts[i] = bt[b0 + i];
+	__syncthreads();
+}
+
 // Storage types: bf16 (the default) or float (the fp32 mode, dcu_config.fp32:
 // weights, GEMM inputs and KV in fp32, for results that match an fp32
 // reference token for token).
@@ -530,11 +537,7 @@ __global__ void __launch_bounds__(128) attn_decode_kernel(const float *__restric
 	int32_t *bts = (int32_t *)(pt + DEC_WARPS * 32 * DEC_GM);
 	for (int i = threadIdx.x; i < G * D; i += blockDim.x) qs[i] = q[((size_t)t * nh + kvh * G) * D + i] * scale;
 	const int b0 = k0 / tpb;
-	{
-		const int32_t *bt = tables + btoff[t];
-		for (int i = threadIdx.x; i <= (k1 - 1) / tpb - b0; i += blockDim.x) bts[i] = bt[b0 + i];
-	}
-	__syncthreads();
+	split_table(bts, tables + btoff[t], b0, (k1 - 1) / tpb);
 	const size_t plane = (size_t)tpb * nkv * D;
 	float m[DEC_GM], l[DEC_GM], acc[DEC_GM][NDL];
 #pragma unroll
@@ -1108,11 +1111,7 @@ __global__ void __launch_bounds__(128) attn_mma_dec_kernel(const float *__restri
 	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 	const int g = lane >> 2, tq = lane & 3;
 	const int b0 = k0 / tpb;
-	{
-		const int32_t *bt = tables + btoff[t];
-		for (int i = threadIdx.x; i <= (k1 - 1) / tpb - b0; i += blockDim.x) bts[i] = bt[b0 + i];
-	}
-	__syncthreads();
+	split_table(bts, tables + btoff[t], b0, (k1 - 1) / tpb);
 	const size_t plane = (size_t)tpb * nkv * D;
 	__nv_bfloat16 *ks = stage + warp * STAGE, *vs = stage + (DEC_WARPS + warp) * STAGE;
 	// Stage a chunk of keys [c0, c0+32) into this warp's ks/vs (zeros past k1);
@@ -1200,11 +1199,7 @@ __global__ void __launch_bounds__(32 * RING_WARPS, 1)
 	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 	const int g = lane >> 2, tq = lane & 3;
 	const int b0 = k0 / tpb;
-	{
-		const int32_t *bt = tables + btoff[t];
-		for (int i = threadIdx.x; i <= (k1 - 1) / tpb - b0; i += blockDim.x) bts[i] = bt[b0 + i];
-	}
-	__syncthreads();
+	split_table(bts, tables + btoff[t], b0, (k1 - 1) / tpb);
 	const size_t plane = (size_t)tpb * nkv * D;
 	// Ask for the chunk of keys [c0, c0+32) (lane: key c0+lane; zeros past
 	// k1) in stage st: which 0 every key but the own one, 1 every key, 2
