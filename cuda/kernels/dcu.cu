@@ -1164,7 +1164,7 @@ __global__ void __launch_bounds__(128) attn_mma_dec_kernel(const float *__restri
 
 // Decode attention, deep form (DCU_DEC_RING): 8 warps, each with a ring of
 // two stages filled by cp.async, so that a block keeps up to 16 chunks
-// (about 150 KB of keys and values) in flight and one block can take a
+// (128 KB of keys and values) in flight and one block can take a
 // long split. A token whose keys all lie in split 0 (pos < P) has its
 // result written normalized to out, so with one split per token no
 // combine kernel runs; the others leave partial sums. Each warp's first
