@@ -2332,9 +2332,17 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 	if (m->pmin > m->pmax) m->pmin = m->pmax;
 	m->mma_dec = !(getenv("DCU_NO_MMA") && getenv("DCU_NO_MMA")[0] == '1');
 	// the deep decode kernel in 8 splits (measured fastest at batch 1 and
-	// context 1024 on an H100: docs/PERFORMANCE.md)
+	// context 1024 on an H100: docs/PERFORMANCE.md), where a block may
+	// take its shared memory (sm_90 and sm_80 can, sm_86 and sm_89 cannot)
 	m->ring = env_int("DCU_DEC_RING", 8, 0, 64);
-	CK(cudaFuncSetAttribute(attn_ring_dec_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ring_smem(RING_PMAX, 1)));
+	{
+		int optin = 0;
+		CK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+		if ((size_t)optin >= ring_smem(RING_PMAX, 1))
+			CK(cudaFuncSetAttribute(attn_ring_dec_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ring_smem(RING_PMAX, 1)));
+		else
+			m->ring = 0;
+	}
 	m->pf_p = env_int("DCU_PF_P", 4096, FA_KC, 1 << 20) / FA_KC * FA_KC;
 	m->pf_kc = env_int("DCU_PF_KC", 128, FA_KC, 128) == FA_KC ? FA_KC : 128;
 	m->fuse = m->use_gemv && !(getenv("DCU_NO_FUSE") && getenv("DCU_NO_FUSE")[0] == '1');
