@@ -509,7 +509,16 @@ func TestBench(t *testing.T) {
 		t.Skip("DCU_BENCH not set")
 	}
 	dir, _, _ := loadShape(t)
-	const ctxLen = 1024
+	// DCU_BENCH_CTX: the decode steps' context (default 1024, the figure
+	// the targets name)
+	ctxLen := 1024
+	if v := os.Getenv("DCU_BENCH_CTX"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 16 || n > 16384 {
+			t.Fatalf("DCU_BENCH_CTX: %q is not a context from 16 to 16384 tokens", v)
+		}
+		ctxLen = n
+	}
 	// DCU_BENCH_BATCHES=1 (say) times only those batches and no prefill: a
 	// quick look at one knob; DCU_BENCH_PREFILL=1 only the prefills
 	batches, quick := []int{1, 8, 32, 256}, os.Getenv("DCU_BENCH_BATCHES") != ""
@@ -530,7 +539,7 @@ func TestBench(t *testing.T) {
 		nseq = slices.Max(batches)
 	}
 	blocksPerSeq := (ctxLen + 1 + tpb - 1) / tpb
-	r := newRig(t, dir, 256*blocksPerSeq+2*(2048/tpb)+8)
+	r := newRig(t, dir, nseq*blocksPerSeq+2*(2048/tpb)+8)
 	ctx := context.Background()
 	dev := r.be.Device()
 	res := map[string]float64{}
