@@ -540,6 +540,9 @@ func TestBench(t *testing.T) {
 	}
 	blocksPerSeq := (ctxLen + 1 + tpb - 1) / tpb
 	r := newRig(t, dir, nseq*blocksPerSeq+2*(2048/tpb)+8)
+	if maxPos := r.m.Config.MaxPositionEmbeddings; ctxLen+1 > maxPos {
+		t.Fatalf("DCU_BENCH_CTX=%d: a decode step at position %d is past the shape model's %d positions", ctxLen, ctxLen, maxPos)
+	}
 	ctx := context.Background()
 	dev := r.be.Device()
 	res := map[string]float64{}

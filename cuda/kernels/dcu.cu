@@ -2673,7 +2673,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 	const int skip = fused ? m->skip : 0;
 	// prefill on the tensor cores, and the deep decode kernel: rows within
 	// split 0 need no combine
-	const int fa_direct = m->use_mma || m->use_ring;
+	const int direct_rows = m->use_mma || m->use_ring;
 	// the argmax folded into the LM head (DCU_FG_AMAX)
 	const bool amax_fold = fused && want_argmax && m->fg_amax && R > 0 && R <= m->fuse_max && !(m->bulk & 32);
 	MARK(-1);
@@ -2751,7 +2751,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 		}
 		CKL();
 		MARK(4);
-		if (!(skip & 4) && !(fa_direct && nsplit == 1)) {
+		if (!(skip & 4) && !(direct_rows && nsplit == 1)) {
 			PdlLaunch rl(dim3(T, nh), dim3(D < 32 ? 32 : (D > 256 ? 256 : D)), 0, s, fused && pdl);
 			// the one-trip combine while the grid is small (decode), the loop otherwise
 			const bool wide = (size_t)T * nh <= (size_t)16 * m->sms;
@@ -2759,7 +2759,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			                          : (wide ? attn_reduce_kernel<false, true> : attn_reduce_kernel<false, false>);
 			CK(cudaLaunchKernelEx(&rl.cfg, rk, pos,
 			                      (const float *)m->pacc, (const float *)m->pm, (const float *)m->pl, nh, D, P, nsplit,
-			                      fa_direct, m->attn));
+			                      direct_rows, m->attn));
 		}
 		MARK(5);
 		if (fused) {
