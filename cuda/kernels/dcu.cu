@@ -2105,6 +2105,24 @@ static cudaError_t bk_allow_smem(int bytes) {
 }
 
 // ---------------------------------------------------------------------------
+// Gate/Up's first rows asked of L2 during attention (DCU_L2PF). In a
+// one-token step the memory bus is mostly idle from the end of QKV until O
+// streams its weights: attention reads about 1 MB a layer, through a chain
+// of dependent trips. A one-warp-per-block kernel on a second stream, ordered
+// after QKV, asks L2 for the first n bytes of Gate/Up's gate rows and of its
+// up rows (the rows its first warps read), one chunk of each per thread,
+// so that Gate/Up finds them there. Measured: docs/PERFORMANCE.md.
+constexpr unsigned L2PF_CHUNK = 16 * 1024;
+
+__global__ void l2_prefetch_kernel(const char *__restrict__ gate, const char *__restrict__ up, unsigned n) {
+	const size_t off = (size_t)(blockIdx.x * blockDim.x + threadIdx.x) * L2PF_CHUNK;
+	if (off >= n) return;
+	const unsigned k = (unsigned)min((size_t)L2PF_CHUNK, n - off);
+	asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(gate + off), "r"(k) : "memory");
+	asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(up + off), "r"(k) : "memory");
+}
+
+// ---------------------------------------------------------------------------
 // Model
 
 struct Layer {
@@ -2175,6 +2193,12 @@ struct dcu_model {
 	// docs/PERFORMANCE.md)
 	int bulk;
 	int bulk_smem; // its shared memory per block, bytes (DCU_BULK_SMEM, KB)
+	// DCU_L2PF: KB of Gate/Up's gate rows, and as many of its up rows,
+	// asked of L2 during attention in one-token steps of the fused path
+	// (l2_prefetch_kernel; 0: none)
+	int l2pf;
+	cudaStream_t side;            // its stream
+	cudaEvent_t ev_fork, ev_join; // ordering between the two streams
 	std::vector<cudaEvent_t> prof_ev;
 	std::vector<int> prof_kind;
 };
@@ -2363,6 +2387,8 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 	m->fg_amax = env_int("DCU_FG_AMAX", 1, 0, 1);
 	m->fg_occ_mask = env_int("DCU_FG_OCC_MASK", 62, 0, 63);
 	m->bulk_smem = env_int("DCU_BULK_SMEM", 88, 16, 200) * 1024;
+	// 4 MB of each (measured best of 1 to 12 MB at batch 1 on an H100)
+	m->l2pf = env_int("DCU_L2PF", 4096, 0, 1 << 20);
 	CK(cudaEventCreate(&m->ev0));
 	CK(cudaEventCreate(&m->ev1));
 	CK(cudaEventCreateWithFlags(&m->ev_ints[0], cudaEventDisableTiming));
@@ -2434,6 +2460,11 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 		attn_tile_fn f = tile_kernel(c.head_dim, qt);
 		size_t ts = tile_smem(G, c.head_dim, qt);
 		if (f && ts > 48 * 1024) CK(cudaFuncSetAttribute((const void *)f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ts));
+	}
+	if (m->l2pf) {
+		CK(cudaStreamCreateWithFlags(&m->side, cudaStreamNonBlocking));
+		CK(cudaEventCreateWithFlags(&m->ev_fork, cudaEventDisableTiming));
+		CK(cudaEventCreateWithFlags(&m->ev_join, cudaEventDisableTiming));
 	}
 	return 1;
 }
@@ -2645,6 +2676,20 @@ static int enqueue_f32(dcu_model *m, int T, int R, int want_argmax, dcu_status *
 	return 1;
 }
 
+// The side stream's prefetch of layer L's first Gate/Up rows (DCU_L2PF),
+// ordered after the work enqueued on s so far.
+static int l2_prefetch(dcu_model *m, const Layer &L, cudaStream_t s, dcu_status *st) {
+	const size_t H = m->c.hidden, I = m->c.inter;
+	const size_t n = std::min((size_t)m->l2pf * 1024, I * H * 2);
+	const size_t chunks = (n + L2PF_CHUNK - 1) / L2PF_CHUNK;
+	CK(cudaEventRecord(m->ev_fork, s));
+	CK(cudaStreamWaitEvent(m->side, m->ev_fork, 0));
+	l2_prefetch_kernel<<<(unsigned)((chunks + 31) / 32), 32, 0, m->side>>>((const char *)L.gate_up,
+	                                                                      (const char *)(L.gate_up + I * H), (unsigned)n);
+	CKL();
+	return 1;
+}
+
 // Enqueue the step (everything after the ints are on the device).
 static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int want_argmax, dcu_status *st) {
 	if (m->c.fp32) return enqueue_f32(m, T, R, want_argmax, st);
@@ -2696,6 +2741,8 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 	fa.D = D;
 	fa.tpb = c.tokens_per_block;
 	const int pdl = m->pdl && !m->prof_on;
+	// one-token steps only: at 4 tokens it measured 40 µs a step slower
+	const bool l2pf = fused && T == 1 && m->side && !m->prof_on;
 	for (int l = 0; l < c.layers; l++) {
 		Layer &L = m->layers[l];
 		__nv_bfloat16 *kv_layer = m->kv + (size_t)l * 2 * plane;
@@ -2709,6 +2756,9 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 			fa.kv_layer = kv_layer;
 			if (!(skip & 1)) CK(fused_gemv<FG_ROPE>(m, 2, T, fa, m->fg_b2, pdl, s, m->fg_split & 1 ? 2 : 1));
 			MARK(2);
+			// Gate/Up's first rows asked of L2 while attention runs (after QKV:
+			// measured faster than before QKV or after attention)
+			if (l2pf && !l2_prefetch(m, L, s, st)) return 0;
 		} else {
 			rmsnorm_kernel<<<T, 256, 0, s>>>(m->x, nullptr, L.attn_norm, m->xn, H, c.eps);
 			CKL();
@@ -2835,6 +2885,11 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 		MARK(1);
 		if (!gemm(m, m->lm_head, m->xn, m->logits, V, R, H, 0.f, st)) return 0;
 		MARK(10);
+	}
+	if (l2pf) {
+		// the step ends when the side stream's work has
+		CK(cudaEventRecord(m->ev_join, m->side));
+		CK(cudaStreamWaitEvent(s, m->ev_join, 0));
 	}
 	if (R > 0) {
 		if (want_argmax && !(skip & 128) && !amax_fold) {
@@ -3054,6 +3109,9 @@ extern "C" int dcu_model_destroy(dcu_model *m, dcu_status *st) {
 	if (m->ev1) cudaEventDestroy(m->ev1);
 	if (m->blas) cublasDestroy(m->blas);
 	if (m->stream) cudaStreamDestroy(m->stream);
+	if (m->side) cudaStreamSynchronize(m->side), cudaStreamDestroy(m->side);
+	if (m->ev_fork) cudaEventDestroy(m->ev_fork);
+	if (m->ev_join) cudaEventDestroy(m->ev_join);
 	delete m;
 	return ok;
 }
