@@ -2887,7 +2887,7 @@ static int enqueue(dcu_model *m, int T, int R, int max_ctx, int n_tables, int wa
 		MARK(10);
 	}
 	if (l2pf) {
-		// the step ends when the side stream's work has
+		// the step is done only when the side stream's prefetches are
 		CK(cudaEventRecord(m->ev_join, m->side));
 		CK(cudaStreamWaitEvent(s, m->ev_join, 0));
 	}
@@ -3109,7 +3109,10 @@ extern "C" int dcu_model_destroy(dcu_model *m, dcu_status *st) {
 	if (m->ev1) cudaEventDestroy(m->ev1);
 	if (m->blas) cublasDestroy(m->blas);
 	if (m->stream) cudaStreamDestroy(m->stream);
-	if (m->side) cudaStreamSynchronize(m->side), cudaStreamDestroy(m->side);
+	if (m->side) {
+		cudaStreamSynchronize(m->side);
+		cudaStreamDestroy(m->side);
+	}
 	if (m->ev_fork) cudaEventDestroy(m->ev_fork);
 	if (m->ev_join) cudaEventDestroy(m->ev_join);
 	delete m;
