@@ -69,12 +69,20 @@ if has tune; then
   done
 fi
 if has sweep; then
-  # batch-1 decode only (DCU_BENCH_BATCHES), one line per setting in SWEEP
-  echo "== batch-1 decode under each setting of SWEEP"
-  for v in ${SWEEP:-"DCU_NO_FOLD=1" "DCU_NO_FOLD=0"}; do
-    printf '%-28s ' "$v"
-    env ${v//,/ } DCU_BENCH_BATCHES=${SWEEP_BATCHES:-1} DCU_REF=$SHAPE DCU_BENCH=1 timeout 60 "$T" -test.count=1 -test.run 'TestBench' 2>&1 | grep -E 'BENCH decode|FAIL|panic' | sed -E 's/\| no graph.*//; s/^BENCH //' | tr '\n' ' '
-    echo
+  # decode only (DCU_BENCH_BATCHES, default batch 1), one line per setting
+  # in SWEEP (commas inside a setting separate variables); ROUNDS rounds,
+  # the settings in turn in each, so that a drifting machine weighs on all
+  # alike. The setting "base" runs BASE_TEST, a second test binary (the
+  # build to compare against), with no variables.
+  echo "== decode under each setting of SWEEP, ${ROUNDS:-1} round(s)"
+  for r in $(seq 1 "${ROUNDS:-1}"); do
+    for v in ${SWEEP:-"DCU_L2PF=0" "DCU_L2PF=4096"}; do
+      bin=$T vars=${v//,/ }
+      if [ "$v" = base ]; then bin=${BASE_TEST:?"SWEEP names base: set BASE_TEST"}; vars=; fi
+      printf 'r%s %-28s ' "$r" "$v"
+      env $vars DCU_BENCH_BATCHES=${SWEEP_BATCHES:-1} DCU_REF=$SHAPE DCU_BENCH=1 timeout 60 "$bin" -test.count=1 -test.run 'TestBench' 2>&1 | grep -E 'BENCH decode|FAIL|panic' | sed -E 's/\| no graph.*//; s/^BENCH //' | tr '\n' ' '
+      echo
+    done
   done | tee "$OUT/sweep.txt"
 fi
 if has ncu; then
