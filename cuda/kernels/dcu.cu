@@ -2361,9 +2361,10 @@ extern "C" int dcu_model_create(const dcu_config *cfg, void *kv_base, size_t kv_
 	m->ring = env_int("DCU_DEC_RING", 8, 0, 64);
 	{
 		int optin = 0;
+		const size_t most = ring_smem(RING_PMAX, 1); // the longest split's
 		CK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-		if ((size_t)optin >= ring_smem(RING_PMAX, 1))
-			CK(cudaFuncSetAttribute(attn_ring_dec_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ring_smem(RING_PMAX, 1)));
+		if ((size_t)optin >= most)
+			CK(cudaFuncSetAttribute(attn_ring_dec_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)most));
 		else
 			m->ring = 0;
 	}
