@@ -581,6 +581,15 @@ func TestBench(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// DCU_BENCH_PAUSE_MS: an idle pause between the prefills above and the
+	// decode timings (does the prefill burst slow the first decode batch?)
+	if v := os.Getenv("DCU_BENCH_PAUSE_MS"); v != "" {
+		ms, err := strconv.Atoi(v)
+		if err != nil || ms < 0 || ms > 60000 {
+			t.Fatalf("DCU_BENCH_PAUSE_MS: %q is not a pause from 0 to 60000 ms", v)
+		}
+		time.Sleep(time.Duration(ms) * time.Millisecond)
+	}
 	for _, B := range batches {
 		dec := make([]compute.Seq, B)
 		for i := range dec {
