@@ -15,6 +15,11 @@
 # as new as the one inside the nixl-cu13 wheel (1.23), whose puts over TCP
 # are zero-copy RMA where Debian's 1.13 emulates them with active
 # messages, so NIXL's reference on its own kind of UCX.
+# NIXL-push: BenchmarkPushBandwidth, the blocks pushed on request (a
+# request notification, the peer's write, its answer with checksums), as
+# a generation worker gets a request's KV; NIXL-staged: the same with
+# DISAGG_KV_STAGING=force on both sides, which gathers the blocks into the
+# staging buffers and moves each chunk as one descriptor.
 # ROUNDS=N (default 1) repeats every measurement N times, in alternating
 # order (so that a busy machine weighs on all columns alike), and prints
 # medians with their ranges. BENCH_COLUMNS picks columns (default all).
@@ -25,7 +30,7 @@ GO=${GO:-go}
 ROUNDS=${ROUNDS:-1}
 VENV=${VENV:-.venv}
 command -v ucx_perftest >/dev/null || { echo "ucx_perftest not found: install Debian's ucx-utils (scripts/setup-native.sh)" >&2; exit 1; }
-all_columns="put_bw UCX UCX-RMA UCX-read NIXL am_bw put_bw-1.22"
+all_columns="put_bw UCX UCX-RMA UCX-read NIXL NIXL-push NIXL-staged am_bw put_bw-1.22"
 columns=${BENCH_COLUMNS:-$all_columns}
 for c in $columns; do
   [[ " $all_columns " == *" $c "* ]] || { echo "BENCH_COLUMNS: unknown column \"$c\" (allowed: $all_columns)" >&2; exit 2; }
@@ -92,6 +97,8 @@ run_column() {
     UCX-RMA) bench UCX-RMA ucx DISAGG_UCX_AM_WRITE=0 ;;
     UCX-read) BENCH=BenchmarkReadBandwidth bench UCX-read ucx ;;
     NIXL) bench NIXL nixl ;;
+    NIXL-push) BENCH=BenchmarkPushBandwidth bench NIXL-push nixl ;;
+    NIXL-staged) BENCH=BenchmarkPushBandwidth bench NIXL-staged nixl DISAGG_KV_STAGING=force ;;
     put_bw) perftest put_bw ucp_put_bw ;;
     put_bw-1.22) if [ -n "$newpt" ]; then PT=$newpt PT_LIB=$(cd "$(dirname "$newpt")/../lib" && pwd) perftest put_bw-1.22 ucp_put_bw; fi ;;
     am_bw) perftest am_bw ucp_am_bw ;;
@@ -137,10 +144,10 @@ awk -v sizes="$sizes" -v cols="$columns" '
       for (k = 1; k <= nc; k++) printf " %18s", cell(v[c[k] " " key], "")
       printf "\n"
     }
-    printf "\n%-6s %-6s %18s %18s %18s %18s %18s %18s %18s\n", "block", "blocks", "UCX/put_bw", "UCX-RMA/put_bw", "NIXL/put_bw", "NIXL/put_bw-1.22", "UCX/am_bw", "UCX/UCX-RMA", "UCX/UCX-read"
+    printf "\n%-6s %-6s %18s %18s %18s %18s %18s %18s %18s %18s %18s\n", "block", "blocks", "UCX/put_bw", "UCX-RMA/put_bw", "NIXL/put_bw", "NIXL/put_bw-1.22", "NIXL-push/put_bw", "NIXL-staged/put_bw", "UCX/am_bw", "UCX/UCX-RMA", "UCX/UCX-read"
     for (i = 1; i <= ns; i++) for (j = 1; j <= nn; j++) {
       key = sz[i] " " cn[j]
-      printf "%-6s %-6s %18s %18s %18s %18s %18s %18s %18s\n", sz[i] / 1024 "KB", cn[j], ratio("UCX", "put_bw", key), ratio("UCX-RMA", "put_bw", key), ratio("NIXL", "put_bw", key), ratio("NIXL", "put_bw-1.22", key), ratio("UCX", "am_bw", key), ratio("UCX", "UCX-RMA", key), ratio("UCX", "UCX-read", key)
+      printf "%-6s %-6s %18s %18s %18s %18s %18s %18s %18s %18s %18s\n", sz[i] / 1024 "KB", cn[j], ratio("UCX", "put_bw", key), ratio("UCX-RMA", "put_bw", key), ratio("NIXL", "put_bw", key), ratio("NIXL", "put_bw-1.22", key), ratio("NIXL-push", "put_bw", key), ratio("NIXL-staged", "put_bw", key), ratio("UCX", "am_bw", key), ratio("UCX", "UCX-RMA", key), ratio("UCX", "UCX-read", key)
     }
   }' "$out/results"
 echo

@@ -207,14 +207,23 @@ func (s Suite) BenchLatency(b *testing.B) {
 // its fast rate, which transports that need the target's progress, TCP,
 // rely on). `make bench-transfer` sets it beside ucx_perftest on the same
 // transport (scripts/bench_transfer.sh).
-func (s Suite) BenchBandwidth(b *testing.B) { s.benchBandwidth(b, true) }
+func (s Suite) BenchBandwidth(b *testing.B) { s.benchBandwidth(b, "write") }
 
 // BenchReadBandwidth is BenchBandwidth with Peer.Read (pull) in place of
 // Write (push), for backends whose peers read: which of the two a
 // generation worker should ask for over a given transport.
-func (s Suite) BenchReadBandwidth(b *testing.B) { s.benchBandwidth(b, false) }
+func (s Suite) BenchReadBandwidth(b *testing.B) { s.benchBandwidth(b, "read") }
 
-func (s Suite) benchBandwidth(b *testing.B, write bool) {
+// BenchPushBandwidth is BenchBandwidth with the blocks pushed on request,
+// as a generation worker asks a context worker for a request's KV: one op
+// is a Land of count blocks, i.e. a push request notification, the child's
+// write and its answer with checksums, verified. Staged agents
+// (DISAGG_KV_STAGING=force in the environment, which the child inherits)
+// gather the blocks into their staging buffers, so that each chunk of
+// max_tokens_in_buffer tokens travels as one descriptor.
+func (s Suite) BenchPushBandwidth(b *testing.B) { s.benchBandwidth(b, "push") }
+
+func (s Suite) benchBandwidth(b *testing.B, mode string) {
 	s.Require(b)
 	const maxBlocks = 128
 	ctx := context.Background()
@@ -225,9 +234,10 @@ func (s Suite) benchBandwidth(b *testing.B, write bool) {
 		p := s.setup(b, layout, 2*maxBlocks, 2*maxBlocks, 0)
 		const waitID = 1 << 50
 		nt, notifies := p.peer.(transceiver.Notifier)
-		if notifies {
+		if notifies && mode != "push" {
 			p.c.send("WAIT %d %d -", uint64(waitID), 600000)
 		}
+		pushID := uint64(1 << 20)
 		for _, count := range []int{1, 16, maxBlocks} {
 			pairs := make([]transceiver.BlockPair, count)
 			for i := range pairs {
@@ -235,13 +245,39 @@ func (s Suite) benchBandwidth(b *testing.B, write bool) {
 			}
 			tr := transceiver.Transfer{Pairs: pairs}
 			b.Run(fmt.Sprintf("size=%dKB/blocks=%d", size>>10, count), func(b *testing.B) {
-				move := p.peer.Write
-				if !write {
+				var move func(context.Context, transceiver.Transfer) error
+				switch mode {
+				case "write":
+					move = p.peer.Write
+				case "read":
 					rd, ok := p.peer.(transceiver.Reader)
 					if !ok {
 						b.Skipf("%s peers cannot read", p.agent.Backend())
 					}
 					move = rd.Read
+				case "push":
+					if !notifies {
+						b.Skipf("%s peers cannot notify", p.agent.Backend())
+					}
+					local, remote := sides(pairs)
+					// the child answers push requests pushID+1, +2, ... until a
+					// plain notification ends the run
+					p.c.send("SERVEN %d 600000", pushID+1)
+					defer func() {
+						pushID++
+						if err := nt.Notify(ctx, transceiver.Notification{RequestID: pushID, Err: "end of run"}); err != nil {
+							b.Fatal(err)
+						}
+						if _, err := p.c.reply(); err != nil {
+							b.Fatalf("child SERVEN: %v", err)
+						}
+					}()
+					move = func(ctx context.Context, _ transceiver.Transfer) error {
+						return p.stg.Land(ctx, local, func(ctx context.Context, dst []int32, from, to int) ([]uint32, error) {
+							pushID++
+							return askServed(ctx, p, pushID, dst, remote[from:to])
+						})
+					}
 				}
 				b.SetBytes(int64(size * count))
 				if err := move(ctx, tr); err != nil {
@@ -254,7 +290,7 @@ func (s Suite) benchBandwidth(b *testing.B, write bool) {
 				}
 			})
 		}
-		if notifies {
+		if notifies && mode != "push" {
 			// an error notification ends the peer's wait (with that error)
 			if err := nt.Notify(ctx, transceiver.Notification{RequestID: waitID, Err: "end of benchmark"}); err != nil {
 				b.Fatal(err)

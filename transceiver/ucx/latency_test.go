@@ -15,3 +15,9 @@ func BenchmarkBandwidth(b *testing.B) { suite.BenchBandwidth(b) }
 
 // BenchmarkReadBandwidth is BenchmarkBandwidth with reads (pull).
 func BenchmarkReadBandwidth(b *testing.B) { suite.BenchReadBandwidth(b) }
+
+// BenchmarkPushBandwidth is BenchmarkBandwidth with the blocks pushed on
+// request, as a generation worker asks for a request's KV; with
+// DISAGG_KV_STAGING=force both sides gather the blocks into their staging
+// buffers (transceivertest.Suite.BenchPushBandwidth).
+func BenchmarkPushBandwidth(b *testing.B) { suite.BenchPushBandwidth(b) }
