@@ -571,13 +571,14 @@ func TestBench(t *testing.T) {
 		}
 		return ids
 	}
-	// Prefill 256 sequences of ctxLen tokens (16 per step), kept for decode.
+	// Prefill the sequences of ctxLen tokens, prefillSeqs per step, kept for decode.
+	const prefillSeqs = 16
 	seqs := make([]compute.Seq, nseq)
 	for i := range seqs {
 		seqs[i] = compute.Seq{Tokens: randIDs(ctxLen), Blocks: r.alloc(t, ctxLen+1), Logits: compute.LogitsLast}
 	}
-	for i := 0; i < len(seqs); i += 16 {
-		if _, err := r.be.Greedy(ctx, &compute.Batch{Seqs: seqs[i:min(i+16, len(seqs))]}); err != nil {
+	for i := 0; i < len(seqs); i += prefillSeqs {
+		if _, err := r.be.Greedy(ctx, &compute.Batch{Seqs: seqs[i:min(i+prefillSeqs, len(seqs))]}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -588,7 +589,7 @@ func TestBench(t *testing.T) {
 	// A generation worker decodes without such bursts. Default 3000 ms
 	// after more than one prefill step, else none; DCU_BENCH_PAUSE_MS sets it.
 	pause := 0
-	if nseq > 16 {
+	if nseq > prefillSeqs {
 		pause = 3000
 	}
 	if v := os.Getenv("DCU_BENCH_PAUSE_MS"); v != "" {
